@@ -1,0 +1,3 @@
+from mbpo_ray.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""`mbpo-ray train ...`: the command line maps onto TrainConfig (see mbpo_ray.config)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from mbpo_ray.config import ConfigError, apply_overrides, make_config, parse_override, validate
+from mbpo_ray.envs import SUPPORTED_ENVS, UnknownEnvError
+from mbpo_ray.run_dir import RunDirError, RunDirectory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mbpo-ray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train MBPO on one env (a new run, or --resume one)")
+    train.add_argument("--env", help=f"env id, one of: {', '.join(SUPPORTED_ENVS)}")
+    train.add_argument("--steps", type=int, help="total env steps (default: the env preset's budget)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--out", help="run directory to create (must be empty or absent)")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a config field, e.g. --set mbpo.updates_per_step=5 (repeatable)")
+    train.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("envs", help="list the supported env ids")
+    return parser
+
+
+def _train(args) -> int:
+    from mbpo_ray.train import train  # torch import deferred until the config is known good
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    for flag, key in (("steps", "total_steps"), ("seed", "seed"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.resume:
+        if args.env or args.out:
+            raise ConfigError("--resume DIR continues the run in DIR with its own config: "
+                              "leave out --env and --out")
+        run = RunDirectory(args.resume)
+        cfg = run.load_config()
+        unsafe = sorted(k for k in overrides if k not in ("total_steps", "device"))
+        if unsafe:
+            raise ConfigError(f"--resume may only change total_steps (--steps) and device; "
+                              f"not {', '.join(unsafe)}")
+        apply_overrides(cfg, overrides)
+        validate(cfg)
+        run.load_checkpoint()  # fail early with a clear message if it is missing or broken
+        train(cfg, args.resume, resume=True, progress=not args.no_progress)
+        return 0
+    if not args.env:
+        raise ConfigError(f"--env is required; one of: {', '.join(SUPPORTED_ENVS)}")
+    if not args.out:
+        raise ConfigError("--out DIR is required (the run directory to create)")
+    cfg = make_config(args.env, overrides)
+    RunDirectory(args.out).check_new()
+    result = train(cfg, args.out, progress=not args.no_progress)
+    return 0 if result.completed else 130
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "envs":
+            print("\n".join(SUPPORTED_ENVS))
+            return 0
+        return _train(args)
+    except (ConfigError, UnknownEnvError, RunDirError) as exc:
+        print(f"mbpo-ray: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

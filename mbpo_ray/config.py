@@ -1,0 +1,363 @@
+"""Typed dataclass configs: the single source of truth for every run.
+
+The CLI (``--set section.field=value``) and config files map onto these dataclasses. Every
+per-env preset of the paper's released code (REFERENCE.md section 2) lives in ``PRESETS``.
+``validate`` is called before anything runs or is written, and raises ``ConfigError`` naming
+the field and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import yaml
+
+from mbpo_ray.envs import SUPPORTED_ENVS, check_env_id
+
+ALGOS = ("mbpo",)
+
+
+class ConfigError(ValueError):
+    """A config field has a wrong name or an impossible value."""
+
+
+@dataclass
+class ModelConfig:
+    """Probabilistic ensemble and its trainer (REFERENCE.md section 3)."""
+
+    num_members: int = 7
+    num_elites: int = 5
+    hidden_width: int = 200
+    num_hidden_layers: int = 4
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    # L2 decay per layer (4 hidden + output), weights only.
+    weight_decays: Tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+    holdout_ratio: float = 0.2
+    max_holdout: int = 5000
+    # Stop after this many epochs in which no member improved its holdout MSE by > threshold.
+    early_stop_patience: int = 5
+    improvement_threshold: float = 0.01
+    init_max_logvar: float = 0.5
+    init_min_logvar: float = -10.0
+    logvar_bound_penalty: float = 0.01
+    # Optional caps on one fit (the original code's max_model_t); off in the paper presets.
+    max_fit_epochs: Optional[int] = None
+    max_fit_seconds: Optional[float] = None
+
+
+@dataclass
+class SACConfig:
+    hidden_width: int = 256
+    num_hidden_layers: int = 2
+    learning_rate: float = 3e-4
+    batch_size: int = 256
+    discount: float = 0.99
+    tau: float = 0.005
+    init_log_alpha: float = 0.0
+    # None means -action_dim (the SAC default); the presets set the paper's values.
+    target_entropy: Optional[float] = None
+    replay_size: int = 1_000_000
+    # torch.compile the update (worth it on a GPU; slow to warm up on a CPU).
+    compile: bool = False
+
+
+@dataclass
+class MBPOConfig:
+    epoch_length: int = 1000
+    # [start_epoch, end_epoch, min_k, max_k]: k grows linearly from min_k to max_k.
+    rollout_schedule: Tuple[int, int, int, int] = (20, 150, 1, 15)
+    updates_per_step: int = 20  # G
+    model_train_freq: int = 250
+    # Start states per model-retrain period (400 per env step at period 250).
+    rollout_batch_size: int = 100_000
+    # Env steps between rollout batches; None means model_train_freq (the released code).
+    rollout_freq: Optional[int] = None
+    model_retain_epochs: int = 1
+    real_ratio: float = 0.05
+    init_random_steps: int = 5000
+    # SAC updates start once D_env holds this many transitions (at least one batch).
+    min_real_before_updates: int = 256
+
+
+@dataclass
+class TrainConfig:
+    env_id: str = "InvertedPendulum-v5"
+    algo: str = "mbpo"
+    seed: int = 0
+    total_steps: int = 20_000
+    # "auto" takes CUDA when there is one; otherwise "cpu", "cuda", "cuda:N" or "mps".
+    device: str = "auto"
+    eval_episodes: int = 5
+    checkpoint_every_epochs: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    mbpo: MBPOConfig = field(default_factory=MBPOConfig)
+
+
+# --- presets from the paper's released code (REFERENCE.md section 2) -------------------------
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "Hopper-v5": {
+        "total_steps": 125_000, "sac.target_entropy": -1.0,
+        "mbpo.epoch_length": 1000, "mbpo.rollout_schedule": (20, 150, 1, 15),
+        "mbpo.updates_per_step": 20, "mbpo.model_train_freq": 250, "mbpo.model_retain_epochs": 1,
+        "model.hidden_width": 200, "mbpo.init_random_steps": 5000,
+    },
+    "Walker2d-v5": {
+        "total_steps": 300_000, "sac.target_entropy": -3.0,
+        "mbpo.epoch_length": 1000, "mbpo.rollout_schedule": (20, 150, 1, 1),
+        "mbpo.updates_per_step": 20, "mbpo.model_train_freq": 250, "mbpo.model_retain_epochs": 1,
+        "model.hidden_width": 200, "mbpo.init_random_steps": 5000,
+    },
+    "HalfCheetah-v5": {
+        "total_steps": 400_000, "sac.target_entropy": -3.0,
+        "mbpo.epoch_length": 1000, "mbpo.rollout_schedule": (20, 150, 1, 1),
+        "mbpo.updates_per_step": 40, "mbpo.model_train_freq": 250, "mbpo.model_retain_epochs": 1,
+        "model.hidden_width": 200, "mbpo.init_random_steps": 5000,
+    },
+    "Ant-v5": {
+        "total_steps": 300_000, "sac.target_entropy": -4.0,
+        "mbpo.epoch_length": 1000, "mbpo.rollout_schedule": (20, 100, 1, 25),
+        "mbpo.updates_per_step": 20, "mbpo.model_train_freq": 250, "mbpo.model_retain_epochs": 1,
+        "model.hidden_width": 200, "mbpo.init_random_steps": 5000,
+    },
+    "Humanoid-v5": {
+        "total_steps": 300_000, "sac.target_entropy": -2.0,
+        "mbpo.epoch_length": 1000, "mbpo.rollout_schedule": (20, 300, 1, 25),
+        "mbpo.updates_per_step": 20, "mbpo.model_train_freq": 1000, "mbpo.model_retain_epochs": 5,
+        "model.hidden_width": 400, "mbpo.init_random_steps": 5000,
+    },
+    "InvertedPendulum-v5": {
+        "total_steps": 20_000, "sac.target_entropy": -0.05,
+        "mbpo.epoch_length": 250, "mbpo.rollout_schedule": (1, 15, 1, 1),
+        "mbpo.updates_per_step": 10, "mbpo.model_train_freq": 250, "mbpo.model_retain_epochs": 1,
+        "model.hidden_width": 200, "mbpo.init_random_steps": 500,
+    },
+    "InvertedDoublePendulum-v5": {
+        "total_steps": 20_000, "sac.target_entropy": -0.5,
+        "mbpo.epoch_length": 250, "mbpo.rollout_schedule": (1, 15, 1, 1),
+        "mbpo.updates_per_step": 20, "mbpo.model_train_freq": 250, "mbpo.model_retain_epochs": 1,
+        "model.hidden_width": 200, "mbpo.init_random_steps": 500,
+    },
+}
+assert set(PRESETS) == set(SUPPORTED_ENVS)
+
+
+# --- field access by dotted name --------------------------------------------------------------
+
+def _fields(obj) -> Dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def field_names(cfg: TrainConfig) -> list[str]:
+    names = []
+    for name, f in _fields(cfg).items():
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            names += [f"{name}.{sub}" for sub in _fields(value)]
+        else:
+            names.append(name)
+    return names
+
+
+def _resolve(cfg: TrainConfig, dotted: str):
+    """Return (owner object, field name, type hint) for a dotted field name."""
+    parts = dotted.split(".")
+    owner = cfg
+    for depth, part in enumerate(parts):
+        fields = _fields(owner)
+        if part not in fields:
+            raise ConfigError(
+                f"unknown config field {dotted!r}; allowed fields: {', '.join(field_names(cfg))}"
+            )
+        hint = typing.get_type_hints(type(owner))[part]
+        value = getattr(owner, part)
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(value):
+                raise ConfigError(f"{dotted!r} is a section; set one of its fields, "
+                                  f"e.g. {dotted}.{next(iter(_fields(value)))}")
+            return owner, part, hint
+        if not dataclasses.is_dataclass(value):
+            raise ConfigError(f"{'.'.join(parts[:depth + 1])!r} is not a section; "
+                              f"allowed fields: {', '.join(field_names(cfg))}")
+        owner = value
+    raise AssertionError("unreachable")
+
+
+def _coerce(dotted: str, value: Any, hint) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(dotted, value, inner)
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{dotted}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(dotted, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{dotted}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(dotted, v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{dotted}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{dotted}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config type {hint} for {dotted}")
+
+
+def set_field(cfg: TrainConfig, dotted: str, value: Any) -> None:
+    owner, name, hint = _resolve(cfg, dotted)
+    setattr(owner, name, _coerce(dotted, value, hint))
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """Parse one ``field=value`` override; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot read value {raw!r}: {exc}") from None
+    if isinstance(value, str) and raw.strip() != value:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:
+    for key, value in overrides.items():
+        set_field(cfg, key, value)
+    return cfg
+
+
+def make_config(env_id: str, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """The paper preset of ``env_id`` with ``overrides`` applied, validated."""
+    check_env_id(env_id)
+    cfg = TrainConfig(env_id=env_id)
+    apply_overrides(cfg, PRESETS[env_id])
+    apply_overrides(cfg, overrides or {})
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    out = {}
+    for name in field_names(cfg):
+        owner, leaf, _ = _resolve(cfg, name)
+        out[name] = plain(getattr(owner, leaf))
+    return out
+
+
+def from_dict(flat: Dict[str, Any]) -> TrainConfig:
+    cfg = TrainConfig()
+    apply_overrides(cfg, flat)
+    validate(cfg)
+    return cfg
+
+
+# --- validation -------------------------------------------------------------------------------
+
+def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    check_env_id(cfg.env_id)
+    _require(cfg.algo in ALGOS, "algo", cfg.algo, f"one of {', '.join(ALGOS)}")
+    _require(cfg.seed >= 0, "seed", cfg.seed, "a non-negative integer")
+    _require(cfg.total_steps > 0, "total_steps", cfg.total_steps, "a positive integer")
+    dev = cfg.device
+    _require(dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+             "device", dev, "auto, cpu, cuda, cuda:N or mps")
+    _require(cfg.eval_episodes >= 1, "eval_episodes", cfg.eval_episodes, "at least 1")
+    _require(cfg.checkpoint_every_epochs >= 1, "checkpoint_every_epochs",
+             cfg.checkpoint_every_epochs, "at least 1")
+
+    m = cfg.model
+    _require(m.num_members >= 1, "model.num_members", m.num_members, "at least 1")
+    _require(1 <= m.num_elites <= m.num_members, "model.num_elites", m.num_elites,
+             f"between 1 and model.num_members ({m.num_members})")
+    _require(m.hidden_width >= 1, "model.hidden_width", m.hidden_width, "at least 1")
+    _require(m.num_hidden_layers >= 1, "model.num_hidden_layers", m.num_hidden_layers, "at least 1")
+    _require(m.learning_rate > 0, "model.learning_rate", m.learning_rate, "a positive number")
+    _require(m.batch_size >= 1, "model.batch_size", m.batch_size, "at least 1")
+    _require(len(m.weight_decays) == m.num_hidden_layers + 1, "model.weight_decays", m.weight_decays,
+             f"one value per layer: model.num_hidden_layers + 1 = {m.num_hidden_layers + 1} values")
+    _require(all(d >= 0 for d in m.weight_decays), "model.weight_decays", m.weight_decays,
+             "non-negative values")
+    _require(0 <= m.holdout_ratio < 1, "model.holdout_ratio", m.holdout_ratio, "within [0, 1)")
+    _require(m.max_holdout >= 0, "model.max_holdout", m.max_holdout, "a non-negative integer")
+    _require(m.early_stop_patience >= 1, "model.early_stop_patience", m.early_stop_patience, "at least 1")
+    _require(m.improvement_threshold >= 0, "model.improvement_threshold", m.improvement_threshold,
+             "a non-negative number")
+    _require(m.init_min_logvar < m.init_max_logvar, "model.init_min_logvar", m.init_min_logvar,
+             f"below model.init_max_logvar ({m.init_max_logvar})")
+    _require(m.max_fit_epochs is None or m.max_fit_epochs >= 1, "model.max_fit_epochs",
+             m.max_fit_epochs, "null (no cap) or at least 1")
+    _require(m.max_fit_seconds is None or m.max_fit_seconds > 0, "model.max_fit_seconds",
+             m.max_fit_seconds, "null (no cap) or a positive number")
+
+    s = cfg.sac
+    _require(s.hidden_width >= 1, "sac.hidden_width", s.hidden_width, "at least 1")
+    _require(s.num_hidden_layers >= 1, "sac.num_hidden_layers", s.num_hidden_layers, "at least 1")
+    _require(s.learning_rate > 0, "sac.learning_rate", s.learning_rate, "a positive number")
+    _require(s.batch_size >= 1, "sac.batch_size", s.batch_size, "at least 1")
+    _require(0 < s.discount <= 1, "sac.discount", s.discount, "within (0, 1]")
+    _require(0 < s.tau <= 1, "sac.tau", s.tau, "within (0, 1]")
+    _require(s.replay_size >= 1, "sac.replay_size", s.replay_size, "at least 1")
+
+    b = cfg.mbpo
+    _require(b.epoch_length >= 1, "mbpo.epoch_length", b.epoch_length, "at least 1")
+    start, end, min_k, max_k = b.rollout_schedule
+    _require(end > start >= 0, "mbpo.rollout_schedule", list(b.rollout_schedule),
+             "[start_epoch, end_epoch, min_k, max_k] with 0 <= start_epoch < end_epoch")
+    _require(1 <= min_k <= max_k, "mbpo.rollout_schedule", list(b.rollout_schedule),
+             "[start_epoch, end_epoch, min_k, max_k] with 1 <= min_k <= max_k")
+    _require(b.updates_per_step >= 0, "mbpo.updates_per_step", b.updates_per_step,
+             "a non-negative integer")
+    _require(b.model_train_freq >= 1, "mbpo.model_train_freq", b.model_train_freq, "at least 1")
+    _require(b.rollout_batch_size >= 1, "mbpo.rollout_batch_size", b.rollout_batch_size, "at least 1")
+    _require(b.rollout_freq is None or b.rollout_freq >= 1, "mbpo.rollout_freq", b.rollout_freq,
+             "null (= mbpo.model_train_freq) or at least 1")
+    _require(b.model_retain_epochs >= 1, "mbpo.model_retain_epochs", b.model_retain_epochs, "at least 1")
+    _require(0 <= b.real_ratio <= 1, "mbpo.real_ratio", b.real_ratio, "within [0, 1]")
+    _require(b.init_random_steps >= 0, "mbpo.init_random_steps", b.init_random_steps,
+             "a non-negative integer")
+    _require(b.min_real_before_updates >= 1, "mbpo.min_real_before_updates",
+             b.min_real_before_updates, "at least 1")
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is not allowed: this machine has no CUDA device; "
+                          f"use device=cpu or device=auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name!r} is not allowed: MPS is not available here; use cpu")
+    return device

@@ -1,0 +1,114 @@
+"""Preallocated ring buffers of transitions on the training device.
+
+A transition is stored as one row [obs | act | reward | next_obs | terminated] of a single
+[capacity, width] tensor, so a batch is one gather. ``terminated`` never includes time-limit
+truncation.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class ReplayBuffer:
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device | str = "cpu"):
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be at least 1, got {capacity}")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.width = 2 * obs_dim + act_dim + 2
+        self.device = torch.device(device)
+        self.storage = torch.zeros(capacity, self.width, device=self.device)
+        self.ptr = 0   # next row to write
+        self.size = 0  # rows holding data
+
+    @property
+    def capacity(self) -> int:
+        return self.storage.shape[0]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs, act, rew, next_obs, terminated) -> None:
+        """Add a batch of transitions (leading dim B; a single transition may omit it)."""
+        rows = torch.cat([
+            torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(-1, self.obs_dim),
+            torch.as_tensor(act, dtype=torch.float32, device=self.device).reshape(-1, self.act_dim),
+            torch.as_tensor(rew, dtype=torch.float32, device=self.device).reshape(-1, 1),
+            torch.as_tensor(next_obs, dtype=torch.float32, device=self.device).reshape(-1, self.obs_dim),
+            torch.as_tensor(terminated, dtype=torch.float32, device=self.device).reshape(-1, 1),
+        ], dim=1)
+        self.add_rows(rows)
+
+    def add_rows(self, rows: torch.Tensor) -> None:
+        n = rows.shape[0]
+        if n == 0:
+            return
+        if n >= self.capacity:  # only the newest rows fit
+            self.storage.copy_(rows[-self.capacity:])
+            self.ptr, self.size = 0, self.capacity
+            return
+        first = min(n, self.capacity - self.ptr)
+        self.storage[self.ptr:self.ptr + first] = rows[:first]
+        if first < n:  # wrap around
+            self.storage[: n - first] = rows[first:]
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def rows_in_order(self) -> torch.Tensor:
+        """All stored rows, oldest first."""
+        if self.size < self.capacity:
+            return self.storage[: self.size]
+        return torch.cat([self.storage[self.ptr:], self.storage[: self.ptr]])
+
+    def resize(self, capacity: int) -> None:
+        """Reallocate to ``capacity`` rows, keeping the newest ones that fit."""
+        if capacity == self.capacity:
+            return
+        kept = self.rows_in_order()[-capacity:].clone()
+        self.storage = torch.zeros(capacity, self.width, device=self.device)
+        self.ptr, self.size = 0, 0
+        self.add_rows(kept)
+
+    def split(self, rows: torch.Tensor) -> Batch:
+        o, a = self.obs_dim, self.act_dim
+        return (rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1],
+                rows[:, -1])
+
+    def sample_rows(self, n: int) -> torch.Tensor:
+        idx = torch.randint(self.size, (n,), device=self.device)
+        return self.storage[idx]
+
+    def sample(self, n: int) -> Batch:
+        return self.split(self.sample_rows(n))
+
+    def all(self) -> Batch:
+        return self.split(self.storage[: self.size])
+
+    def state_dict(self) -> Dict:
+        return {"rows": self.rows_in_order().cpu().clone(), "capacity": self.capacity}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.storage = torch.zeros(state["capacity"], self.width, device=self.device)
+        self.ptr, self.size = 0, 0
+        self.add_rows(state["rows"].to(self.device))
+
+
+def sample_mixed(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, real_ratio: float) -> Batch:
+    """A batch with ``real_ratio`` of its rows from D_env and the rest from D_model (all real
+    while D_model is still empty)."""
+    n_real = int(batch_size * real_ratio) if len(model) > 0 else batch_size
+    if n_real >= batch_size:
+        return real.sample(batch_size)
+    if n_real == 0:
+        return model.sample(batch_size)
+    return real.split(torch.cat([real.sample_rows(n_real), model.sample_rows(batch_size - n_real)]))
+
+
+def model_buffer_capacity(retain_epochs: int, epoch_length: int, model_train_freq: int,
+                          rollout_batch_size: int, rollout_length: int) -> int:
+    """retain_epochs x rollouts per epoch x k (REFERENCE.md section 2)."""
+    rollouts_per_epoch = epoch_length * rollout_batch_size // model_train_freq
+    return max(1, retain_epochs * rollouts_per_epoch * rollout_length)

@@ -1,0 +1,158 @@
+"""Gymnasium env construction, the paper's observation truncation, and termination functions.
+
+A termination function maps a batch of (obs, action, next_obs) tensors to a boolean tensor
+``terminated`` of shape [batch]. They are applied to *predicted* next states during model
+rollouts (REFERENCE.md section 4) and are tested against the real env's ``terminated`` flag.
+Time-limit truncation is never part of them: it is not a property of the state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+TerminationFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _all_finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(x).all(dim=-1)
+
+
+def hopper_termination(obs, act, next_obs):
+    # The released code wraps a boolean in abs() by mistake; this is the intended rule.
+    height, angle = next_obs[:, 0], next_obs[:, 1]
+    alive = (
+        _all_finite(next_obs)
+        & (next_obs[:, 1:].abs() < 100).all(dim=-1)
+        & (height > 0.7)
+        & (angle.abs() < 0.2)
+    )
+    return ~alive
+
+
+def walker2d_termination(obs, act, next_obs):
+    height, angle = next_obs[:, 0], next_obs[:, 1]
+    alive = (height > 0.8) & (height < 2.0) & (angle > -1.0) & (angle < 1.0)
+    return ~alive
+
+
+def halfcheetah_termination(obs, act, next_obs):
+    return torch.zeros(next_obs.shape[0], dtype=torch.bool, device=next_obs.device)
+
+
+def ant_termination(obs, act, next_obs):
+    height = next_obs[:, 0]
+    alive = _all_finite(next_obs) & (height >= 0.2) & (height <= 1.0)
+    return ~alive
+
+
+def humanoid_termination(obs, act, next_obs):
+    height = next_obs[:, 0]
+    return (height < 1.0) | (height > 2.0)
+
+
+def inverted_pendulum_termination(obs, act, next_obs):
+    alive = _all_finite(next_obs) & (next_obs[:, 1].abs() <= 0.2)
+    return ~alive
+
+
+def inverted_double_pendulum_termination(obs, act, next_obs):
+    # v5 observation: [cart x, sin t1, sin t2, cos t1, cos t2, velocities..., constraint force].
+    # Tip height y = 0.6 (cos t1 + cos(t1 + t2)); the episode ends when y <= 1.
+    sin1, sin2, cos1, cos2 = next_obs[:, 1], next_obs[:, 2], next_obs[:, 3], next_obs[:, 4]
+    y = 0.6 * (cos1 + (cos1 * cos2 - sin1 * sin2))
+    return y <= 1.0
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    termination: TerminationFn
+    make_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+# Ant and Humanoid observe only qpos[2:] and qvel, as in the paper (REFERENCE.md section 5).
+_TRUNCATED_ANT = dict(include_cfrc_ext_in_observation=False)
+_TRUNCATED_HUMANOID = dict(
+    include_cinert_in_observation=False,
+    include_cvel_in_observation=False,
+    include_qfrc_actuator_in_observation=False,
+    include_cfrc_ext_in_observation=False,
+)
+
+SUPPORTED_ENVS: Dict[str, EnvSpec] = {
+    "Hopper-v5": EnvSpec(hopper_termination),
+    "Walker2d-v5": EnvSpec(walker2d_termination),
+    "HalfCheetah-v5": EnvSpec(halfcheetah_termination),
+    "Ant-v5": EnvSpec(ant_termination, _TRUNCATED_ANT),
+    "Humanoid-v5": EnvSpec(humanoid_termination, _TRUNCATED_HUMANOID),
+    "InvertedPendulum-v5": EnvSpec(inverted_pendulum_termination),
+    "InvertedDoublePendulum-v5": EnvSpec(inverted_double_pendulum_termination),
+}
+
+
+class UnknownEnvError(ValueError):
+    pass
+
+
+def check_env_id(env_id: str) -> EnvSpec:
+    try:
+        return SUPPORTED_ENVS[env_id]
+    except KeyError:
+        allowed = ", ".join(SUPPORTED_ENVS)
+        raise UnknownEnvError(f"unknown env id {env_id!r}; supported: {allowed}") from None
+
+
+def make_env(env_id: str, seed: int | None = None) -> gym.Env:
+    spec = check_env_id(env_id)
+    env = gym.make(env_id, **spec.make_kwargs)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+def termination_fn(env_id: str) -> TerminationFn:
+    return check_env_id(env_id).termination
+
+
+# --- exact env state, for checkpoints that resume mid-episode ---------------------------------
+
+def _time_limit(env: gym.Env):
+    wrapper = env
+    while isinstance(wrapper, gym.Wrapper):
+        if isinstance(wrapper, gym.wrappers.TimeLimit):
+            return wrapper
+        wrapper = wrapper.env
+    return None
+
+
+def get_env_state(env: gym.Env) -> Dict[str, Any]:
+    """Everything needed to continue an episode bit-for-bit: MuJoCo integration state
+    (positions, velocities, warm start, time), the env's RNG, and the time-limit counter."""
+    import mujoco
+
+    base = env.unwrapped
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    physics = np.empty(mujoco.mj_stateSize(base.model, spec), dtype=np.float64)
+    mujoco.mj_getState(base.model, base.data, physics, spec)
+    limit = _time_limit(env)
+    return {
+        "physics": physics,
+        "np_random": base.np_random.bit_generator.state,
+        "elapsed_steps": None if limit is None else limit._elapsed_steps,
+    }
+
+
+def set_env_state(env: gym.Env, state: Dict[str, Any]) -> None:
+    import mujoco
+
+    base = env.unwrapped
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mujoco.mj_setState(base.model, base.data, np.asarray(state["physics"], dtype=np.float64), spec)
+    mujoco.mj_forward(base.model, base.data)
+    base.np_random.bit_generator.state = state["np_random"]
+    limit = _time_limit(env)
+    if limit is not None and state["elapsed_steps"] is not None:
+        limit._elapsed_steps = state["elapsed_steps"]

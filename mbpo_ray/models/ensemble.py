@@ -1,0 +1,82 @@
+"""Bootstrap ensemble of probabilistic dynamics networks (REFERENCE.md section 3).
+
+Each member maps standardised (obs, action) to a diagonal Gaussian over [reward, delta_obs];
+next_obs = obs + delta. All members share one StackedMLP, so training evaluates the whole
+ensemble with one batched matmul per layer, while a rollout evaluates only the member that
+each sample drew.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from mbpo_ray.config import ModelConfig
+from mbpo_ray.nn import StackedMLP
+
+
+class ProbabilisticEnsemble(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.num_members, self.num_elites = cfg.num_members, cfg.num_elites
+        self.in_dim, self.out_dim = obs_dim + act_dim, obs_dim + 1
+        self.net = StackedMLP(cfg.num_members, self.in_dim, [cfg.hidden_width] * cfg.num_hidden_layers,
+                              2 * self.out_dim, activation="silu", init="truncated_normal")
+        # Learned soft bounds on the log-variance, shared by the members as in the released code.
+        self.max_logvar = nn.Parameter(torch.full((self.out_dim,), cfg.init_max_logvar))
+        self.min_logvar = nn.Parameter(torch.full((self.out_dim,), cfg.init_min_logvar))
+        self.register_buffer("input_mean", torch.zeros(self.in_dim))
+        self.register_buffer("input_std", torch.ones(self.in_dim))
+        self.register_buffer("elite_idx", torch.arange(cfg.num_elites))
+
+    # --- normalisation ---
+    def set_normalizer(self, inputs: torch.Tensor) -> None:
+        std = inputs.std(dim=0, unbiased=False)
+        std = torch.where(std < 1e-12, torch.ones_like(std), std)
+        self.input_mean.copy_(inputs.mean(dim=0))
+        self.input_std.copy_(std)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_std
+
+    def _split(self, out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = out.split(self.out_dim, dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar
+
+    # --- all members (training, holdout) ---
+    def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """inputs: raw [E, B, in] or [B, in] -> mean, logvar of [reward, delta_obs], [E, B, out]."""
+        return self._split(self.net(self._normalize(inputs)))
+
+    # --- one member per sample (rollouts) ---
+    def forward_members(self, inputs: torch.Tensor, member: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """inputs [B, in], member [B] (int) -> mean, logvar [B, out], computing for each
+        sample only the member it uses: samples are grouped by member, one matmul per group."""
+        x = self._normalize(inputs)
+        order = torch.argsort(member)
+        counts = torch.bincount(member, minlength=self.num_members).tolist()
+        pieces = []
+        for m, chunk in enumerate(x[order].split(counts)):
+            if counts[m]:
+                pieces.append(self.net.forward_member(chunk, m))
+        out = torch.empty(x.shape[0], 2 * self.out_dim, device=x.device, dtype=x.dtype)
+        out[order] = torch.cat(pieces)
+        return self._split(out)
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, act: torch.Tensor, member: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draw (next_obs, reward) from each sample's member's Gaussian."""
+        mean, logvar = self.forward_members(torch.cat([obs, act], dim=-1), member)
+        draw = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        return obs + draw[:, 1:], draw[:, 0]
+
+    def random_elites(self, n: int, device=None) -> torch.Tensor:
+        pick = torch.randint(self.num_elites, (n,), device=device or self.elite_idx.device)
+        return self.elite_idx[pick]

@@ -1,0 +1,73 @@
+"""Stacked ("ensemble") layers: E independent networks evaluated with one batched matmul.
+
+Used by the dynamics ensemble (7 members) and by SAC's twin Q (2 members), as DESIGN.md
+section 3 asks: no Python loop over members on the hot path.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class StackedMLP(nn.Module):
+    """``num_members`` MLPs with identical shapes; weights stored as [E, in, out] per layer."""
+
+    def __init__(self, num_members: int, in_dim: int, hidden: Sequence[int], out_dim: int,
+                 activation: str = "relu", init: str = "default"):
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        self.num_members = num_members
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+            w = torch.empty(num_members, fan_in, fan_out)
+            b = torch.zeros(num_members, 1, fan_out)
+            if init == "truncated_normal":
+                # REFERENCE.md section 3: std 1/(2 sqrt(fan_in)), truncated at 2 std, zero bias.
+                std = 1.0 / (2.0 * math.sqrt(fan_in))
+                nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+            else:
+                # Same distribution as torch.nn.Linear's default, member by member.
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(w, -bound, bound)
+                nn.init.uniform_(b, -bound, bound)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(b))
+        self.activation = {"relu": F.relu, "silu": F.silu}[activation]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.weights)
+
+    def forward(self, x: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """x: [E, B, in] (or [B, in], shared by all members) -> [E, B, out].
+
+        ``detach_params`` evaluates the networks without building gradients for their
+        parameters (SAC's policy loss differentiates through Q into the actions only).
+        """
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.num_members, -1, -1)
+        last = self.num_layers - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def forward_member(self, x: torch.Tensor, member: int) -> torch.Tensor:
+        """x: [B, in] through one member only -> [B, out]."""
+        last = self.num_layers - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.addmm(b[member], x, w[member])
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def member_parameters(self) -> List[torch.Tensor]:
+        return [*self.weights, *self.biases]

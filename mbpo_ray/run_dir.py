@@ -1,0 +1,142 @@
+"""The run directory: resolved config, metrics, checkpoint and learning curve.
+
+    RUN/config.yaml      resolved TrainConfig (flat, dotted keys)
+    RUN/metrics.jsonl    one record per epoch: env_steps, epoch and namespaced metrics
+    RUN/checkpoint.pt    the latest checkpoint (written atomically)
+    RUN/curve.png        eval return against env steps
+
+Metric keys (documented once, here):
+    train/   SAC losses, temperature, entropy, Q; returns of finished training episodes
+    model/   ensemble fit: train loss, holdout MSE (elites and all), epochs, seconds, failures
+    rollout/ branched rollouts: k, start states, transitions, terminated fraction, non-finite
+    eval/    deterministic-policy return (mean/std/min/max) and episode length
+    perf/    sps (env steps per wall second), seconds per phase, wall clock
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+import yaml
+
+from mbpo_ray.config import ConfigError, TrainConfig, from_dict, to_dict
+
+CHECKPOINT_FORMAT = 1
+
+
+class RunDirError(ValueError):
+    """The run directory or its checkpoint cannot be used as asked."""
+
+
+class RunDirectory:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    curve_path = property(lambda self: self.path / "curve.png")
+
+    # --- creation ---
+    def check_new(self) -> None:
+        """A new run must not write into a directory that already holds a run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--out {self.path} exists and is not a directory")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            raise RunDirError(f"--out {self.path} already holds files; use --resume {self.path} "
+                              f"to continue that run, or choose an empty --out")
+
+    def create(self, cfg: TrainConfig) -> None:
+        self.check_new()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+
+    def load_config(self) -> TrainConfig:
+        if not self.path.is_dir():
+            raise RunDirError(f"--resume {self.path}: no such run directory")
+        if not self.config_path.is_file():
+            raise RunDirError(f"--resume {self.path}: no config.yaml; is it an mbpo-ray run directory?")
+        try:
+            flat = yaml.safe_load(self.config_path.read_text())
+            if not isinstance(flat, dict):
+                raise ConfigError("expected a mapping of field: value")
+            return from_dict(flat)
+        except (yaml.YAMLError, ConfigError) as exc:
+            raise RunDirError(f"{self.config_path} is not a valid config: {exc}") from None
+
+    def save_config(self, cfg: TrainConfig) -> None:
+        self._write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+
+    # --- metrics ---
+    def append_metrics(self, record: Dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> List[Dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        with open(self.metrics_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def truncate_metrics(self, env_steps: int) -> None:
+        """Drop records written after the checkpoint being resumed (they will be redone)."""
+        kept = [r for r in self.read_metrics() if r["env_steps"] <= env_steps]
+        self._write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    # --- checkpoints ---
+    def save_checkpoint(self, state: Dict[str, Any]) -> None:
+        tmp = self.checkpoint_path.with_suffix(".pt.tmp")
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> Dict[str, Any]:
+        path = self.checkpoint_path
+        if not path.is_file():
+            raise RunDirError(f"--resume {self.path}: no checkpoint.pt yet (the run stopped before "
+                              f"its first checkpoint); start it again with a new --out")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError) as exc:
+            raise RunDirError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise RunDirError(f"{path} is not an mbpo-ray checkpoint of format {CHECKPOINT_FORMAT}")
+        return state
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    # --- plot ---
+    def plot_curve(self, title: str = "") -> Path | None:
+        records = [r for r in self.read_metrics() if "eval/return_mean" in r]
+        if not records:
+            return None
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["env_steps"] for r in records]
+        mean = [r["eval/return_mean"] for r in records]
+        std = [r.get("eval/return_std", 0.0) for r in records]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(steps, mean, label="eval return (deterministic policy)")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        alpha=0.2)
+        train = [(r["env_steps"], r["train/episode_return"]) for r in self.read_metrics()
+                 if "train/episode_return" in r]
+        if train:
+            ax.plot(*zip(*train), alpha=0.6, label="training episode return")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("return")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+        fig.tight_layout()
+        fig.savefig(self.curve_path, dpi=100)
+        plt.close(fig)
+        return self.curve_path

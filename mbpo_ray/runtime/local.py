@@ -1,0 +1,153 @@
+"""Everything of one run in one process: env, D_env, D_model, ensemble, SAC."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from mbpo_ray.agents.sac import SAC
+from mbpo_ray.config import TrainConfig
+from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
+from mbpo_ray.envs import get_env_state, make_env, set_env_state, termination_fn
+from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+from mbpo_ray.rollout import branched_rollout
+
+
+class ActionScaler:
+    """Policies act in [-1, 1]; envs get actions in their own box."""
+
+    def __init__(self, space):
+        self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        return self.low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
+
+
+class LocalRuntime:
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.env = make_env(cfg.env_id, seed=cfg.seed)
+        self.eval_env = make_env(cfg.env_id)
+        self.termination = termination_fn(cfg.env_id)
+        self.obs_dim = self.env.observation_space.shape[0]
+        self.act_dim = self.env.action_space.shape[0]
+        self.scaler = ActionScaler(self.env.action_space)
+        self.action_rng = np.random.default_rng(cfg.seed)
+
+        self.agent = SAC(self.obs_dim, self.act_dim, cfg.sac, device)
+        self.model = ProbabilisticEnsemble(self.obs_dim, self.act_dim, cfg.model).to(device)
+        self.model_trainer = EnsembleTrainer(self.model, cfg.model)
+        real_capacity = min(cfg.sac.replay_size, cfg.total_steps)
+        self.real_buffer = ReplayBuffer(self.obs_dim, self.act_dim, real_capacity, device)
+        self.model_buffer = ReplayBuffer(self.obs_dim, self.act_dim, 1, device)
+
+        self.obs, _ = self.env.reset(seed=cfg.seed)
+        self.episode_return, self.episode_length = 0.0, 0
+        self._metric_sum = torch.zeros(6, device=device)
+        self._metric_count = 0
+
+    # --- env ---
+    def env_step(self, random_action: bool) -> Optional[float]:
+        if random_action:
+            action = self.action_rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+        else:
+            obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)[None]
+            action = self.agent.policy.act(obs_t)[0].cpu().numpy()
+        next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
+        # Time-limit truncation is not terminal: only `terminated` is stored.
+        self.real_buffer.add(self.obs, action, reward, next_obs, terminated)
+        self.episode_return += float(reward)
+        self.episode_length += 1
+        self.obs = next_obs
+        if terminated or truncated:
+            finished = self.episode_return
+            self.obs, _ = self.env.reset()
+            self.episode_return, self.episode_length = 0.0, 0
+            return finished
+        return None
+
+    def real_size(self) -> int:
+        return len(self.real_buffer)
+
+    # --- model ---
+    def fit_model(self) -> Dict[str, float]:
+        obs, act, rew, next_obs, _ = self.real_buffer.all()
+        inputs = torch.cat([obs, act], dim=-1)
+        targets = torch.cat([rew[:, None], next_obs - obs], dim=-1)
+        return self.model_trainer.fit(inputs, targets)
+
+    def generate_rollouts(self, num_start_states: int, rollout_length: int,
+                          model_buffer_capacity: int) -> Dict[str, float]:
+        self.model_buffer.resize(model_buffer_capacity)
+        start_obs = self.real_buffer.sample(num_start_states)[0]
+        return branched_rollout(self.model, self.agent.policy, start_obs, rollout_length,
+                                self.termination, self.model_buffer)
+
+    # --- agent ---
+    def update_agent(self, num_updates: int, real_ratio: float) -> None:
+        batch_size = self.cfg.sac.batch_size
+        for _ in range(num_updates):
+            batch = sample_mixed(self.real_buffer, self.model_buffer, batch_size, real_ratio)
+            self._metric_sum += self.agent.update(*batch)
+        self._metric_count += num_updates
+
+    def agent_metrics(self) -> Dict[str, float]:
+        if self._metric_count == 0:
+            return {}
+        out = SAC.metrics_to_dict(self._metric_sum / self._metric_count)
+        out["train/updates"] = self._metric_count
+        self._metric_sum.zero_()
+        self._metric_count = 0
+        return out
+
+    # --- evaluation ---
+    def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
+        returns, lengths = [], []
+        for i in range(episodes):
+            obs, _ = self.eval_env.reset(seed=seed + i)
+            total, length, done = 0.0, 0, False
+            while not done:
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
+                action = self.agent.policy.act(obs_t, deterministic=True)[0].cpu().numpy()
+                obs, reward, terminated, truncated, _ = self.eval_env.step(self.scaler.to_env(action))
+                total += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(total)
+            lengths.append(length)
+        return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
+                "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns)),
+                "eval/episode_length": float(np.mean(lengths))}
+
+    # --- checkpoints ---
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "agent": self.agent.full_state_dict(),
+            "model": self.model.state_dict(),
+            "model_trainer": self.model_trainer.state_dict(),
+            "real_buffer": self.real_buffer.state_dict(),
+            "model_buffer": self.model_buffer.state_dict(),
+            "env": get_env_state(self.env),
+            "obs": np.array(self.obs),
+            "episode": (self.episode_return, self.episode_length),
+            "action_rng": self.action_rng.bit_generator.state,
+            "metric_sum": self._metric_sum.cpu(),
+            "metric_count": self._metric_count,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.agent.load_full_state_dict(state["agent"])
+        self.model.load_state_dict(state["model"])
+        self.model_trainer.load_state_dict(state["model_trainer"])
+        self.real_buffer.load_state_dict(state["real_buffer"])
+        # A resumed run may have been given more steps: D_env grows, it never drops data.
+        wanted = min(self.cfg.sac.replay_size, self.cfg.total_steps)
+        self.real_buffer.resize(max(wanted, self.real_buffer.capacity))
+        self.model_buffer.load_state_dict(state["model_buffer"])
+        set_env_state(self.env, state["env"])
+        self.obs = state["obs"]
+        self.episode_return, self.episode_length = state["episode"]
+        self.action_rng.bit_generator.state = state["action_rng"]
+        self._metric_sum = state["metric_sum"].to(self.device)
+        self._metric_count = state["metric_count"]
