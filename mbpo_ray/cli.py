@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional
 
 from mbpo_ray.config import ConfigError, apply_overrides, make_config, parse_override, validate
-from mbpo_ray.envs import SUPPORTED_ENVS, UnknownEnvError
+from mbpo_ray.envs import SUPPORTED_ENVS
 from mbpo_ray.run_dir import RunDirError, RunDirectory
 
 
@@ -66,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("\n".join(SUPPORTED_ENVS))
             return 0
         return _train(args)
-    except (ConfigError, UnknownEnvError, RunDirError) as exc:
+    except (ConfigError, RunDirError) as exc:
         print(f"mbpo-ray: error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,12 +15,9 @@ from typing import Any, Dict, Optional, Tuple
 import yaml
 
 from mbpo_ray.envs import SUPPORTED_ENVS, check_env_id
+from mbpo_ray.errors import ConfigError
 
 ALGOS = ("mbpo",)
-
-
-class ConfigError(ValueError):
-    """A config field has a wrong name or an impossible value."""
 
 
 @dataclass
@@ -238,7 +235,19 @@ def parse_override(text: str) -> Tuple[str, Any]:
         raise ConfigError(f"{key}: cannot read value {raw!r}: {exc}") from None
     if isinstance(value, str) and raw.strip() != value:
         value = raw.strip()
-    return key.strip(), value
+    return key.strip(), _numbers_from_strings(value)
+
+
+def _numbers_from_strings(value: Any) -> Any:
+    """YAML 1.1 reads 3e-4 (no decimal point) as a string; read such strings as numbers."""
+    if isinstance(value, list):
+        return [_numbers_from_strings(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:

@@ -14,6 +14,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from mbpo_ray.errors import UnknownEnvError
+
 TerminationFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -93,16 +95,12 @@ SUPPORTED_ENVS: Dict[str, EnvSpec] = {
 }
 
 
-class UnknownEnvError(ValueError):
-    pass
-
-
 def check_env_id(env_id: str) -> EnvSpec:
     try:
         return SUPPORTED_ENVS[env_id]
     except KeyError:
         allowed = ", ".join(SUPPORTED_ENVS)
-        raise UnknownEnvError(f"unknown env id {env_id!r}; supported: {allowed}") from None
+        raise UnknownEnvError(f"env_id={env_id!r} is not allowed: unknown env id; supported: {allowed}") from None
 
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:
@@ -142,6 +140,10 @@ def get_env_state(env: gym.Env) -> Dict[str, Any]:
         "physics": physics,
         "np_random": base.np_random.bit_generator.state,
         "elapsed_steps": None if limit is None else limit._elapsed_steps,
+        # Ant and Humanoid read body positions left over from the last substep to compute
+        # their forward velocity; mj_forward on restore would recompute them, so keep them.
+        "xpos": base.data.xpos.copy(),
+        "xipos": base.data.xipos.copy(),
     }
 
 
@@ -152,6 +154,8 @@ def set_env_state(env: gym.Env, state: Dict[str, Any]) -> None:
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     mujoco.mj_setState(base.model, base.data, np.asarray(state["physics"], dtype=np.float64), spec)
     mujoco.mj_forward(base.model, base.data)
+    base.data.xpos[:] = state["xpos"]
+    base.data.xipos[:] = state["xipos"]
     base.np_random.bit_generator.state = state["np_random"]
     limit = _time_limit(env)
     if limit is not None and state["elapsed_steps"] is not None:

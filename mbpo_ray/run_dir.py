@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -100,7 +99,7 @@ class RunDirectory:
                               f"its first checkpoint); start it again with a new --out")
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError) as exc:
+        except Exception as exc:  # any failure to unpickle means an unusable file
             raise RunDirError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise RunDirError(f"{path} is not an mbpo-ray checkpoint of format {CHECKPOINT_FORMAT}")

@@ -1,0 +1,22 @@
+import pytest
+
+from mbpo_ray.config import make_config
+
+
+@pytest.fixture
+def tiny_config():
+    """A cheap InvertedPendulum MBPO config: every phase of the loop runs within ~600 steps."""
+
+    def make(**extra):
+        overrides = {
+            "total_steps": 600, "seed": 3, "device": "cpu", "eval_episodes": 2,
+            "mbpo.epoch_length": 200, "mbpo.init_random_steps": 200, "mbpo.model_train_freq": 100,
+            "mbpo.rollout_batch_size": 1000, "mbpo.updates_per_step": 2,
+            "mbpo.rollout_schedule": [1, 3, 1, 3],
+            "model.hidden_width": 32, "model.max_fit_epochs": 5,
+            "sac.hidden_width": 32, "sac.batch_size": 64,
+        }
+        overrides.update(extra)
+        return make_config("InvertedPendulum-v5", overrides)
+
+    return make

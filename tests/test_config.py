@@ -1,0 +1,454 @@
+"""Typed config: paper presets, validation errors, overrides, round trips, and the CLI's
+refusals (every one of them raised before anything is written or any training starts)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mbpo_ray.train
+from mbpo_ray.cli import main
+from mbpo_ray.config import (
+    ConfigError,
+    TrainConfig,
+    field_names,
+    from_dict,
+    make_config,
+    parse_override,
+    to_dict,
+    validate,
+)
+from mbpo_ray.envs import SUPPORTED_ENVS, UnknownEnvError
+from mbpo_ray.run_dir import RunDirError, RunDirectory
+
+ENV_IDS = list(SUPPORTED_ENVS)
+
+# REFERENCE.md section 2: epoch length, k schedule, G, retrain period, retain epochs,
+# target entropy, model width, budget, initial random steps.
+PAPER = {
+    "Hopper-v5": (1000, (20, 150, 1, 15), 20, 250, 1, -1.0, 200, 125_000, 5000),
+    "Walker2d-v5": (1000, (20, 150, 1, 1), 20, 250, 1, -3.0, 200, 300_000, 5000),
+    "HalfCheetah-v5": (1000, (20, 150, 1, 1), 40, 250, 1, -3.0, 200, 400_000, 5000),
+    "Ant-v5": (1000, (20, 100, 1, 25), 20, 250, 1, -4.0, 200, 300_000, 5000),
+    "Humanoid-v5": (1000, (20, 300, 1, 25), 20, 1000, 5, -2.0, 400, 300_000, 5000),
+    "InvertedPendulum-v5": (250, (1, 15, 1, 1), 10, 250, 1, -0.05, 200, 20_000, 500),
+    "InvertedDoublePendulum-v5": (250, (1, 15, 1, 1), 20, 250, 1, -0.5, 200, 20_000, 500),
+}
+
+
+# --- presets ----------------------------------------------------------------------------------
+
+def test_every_supported_env_has_a_paper_row():
+    assert set(PAPER) == set(SUPPORTED_ENVS)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_make_config_applies_paper_preset(env_id):
+    epoch, schedule, g, period, retain, entropy, width, budget, init_random = PAPER[env_id]
+    cfg = make_config(env_id)
+    assert cfg.env_id == env_id
+    assert cfg.mbpo.epoch_length == epoch
+    assert tuple(cfg.mbpo.rollout_schedule) == schedule
+    assert cfg.mbpo.updates_per_step == g
+    assert cfg.mbpo.model_train_freq == period
+    assert cfg.mbpo.model_retain_epochs == retain
+    assert cfg.sac.target_entropy == pytest.approx(entropy)
+    assert cfg.model.hidden_width == width
+    assert cfg.total_steps == budget
+    assert cfg.mbpo.init_random_steps == init_random
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_make_config_shared_paper_values(env_id):
+    cfg = make_config(env_id)
+    assert cfg.mbpo.rollout_batch_size == 100_000
+    assert (cfg.model.num_members, cfg.model.num_elites) == (7, 5)
+    assert cfg.model.num_hidden_layers == 4
+    assert tuple(cfg.model.weight_decays) == pytest.approx((2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4))
+    assert cfg.model.learning_rate == pytest.approx(1e-3)
+    assert cfg.model.batch_size == 256
+    assert cfg.model.init_max_logvar == pytest.approx(0.5)
+    assert cfg.model.init_min_logvar == pytest.approx(-10.0)
+    assert cfg.mbpo.real_ratio == pytest.approx(0.05)
+    assert cfg.sac.discount == pytest.approx(0.99)
+    assert cfg.sac.tau == pytest.approx(0.005)
+    assert (cfg.sac.hidden_width, cfg.sac.num_hidden_layers) == (256, 2)
+    assert cfg.sac.learning_rate == pytest.approx(3e-4)
+    assert cfg.sac.batch_size == 256
+    assert cfg.sac.replay_size == 1_000_000
+    assert cfg.sac.init_log_alpha == 0.0
+
+
+def test_overrides_apply_on_top_of_preset_and_configs_are_independent():
+    cfg = make_config("Humanoid-v5", {"mbpo.updates_per_step": 5, "seed": 3})
+    assert cfg.mbpo.updates_per_step == 5 and cfg.seed == 3
+    assert cfg.mbpo.model_train_freq == 1000 and cfg.model.hidden_width == 400  # preset kept
+    other = make_config("Humanoid-v5")
+    assert other.mbpo.updates_per_step == 20 and other.seed == 0
+    cfg.model.num_elites = 1
+    assert make_config("Humanoid-v5").model.num_elites == 5
+
+
+# --- validation -------------------------------------------------------------------------------
+
+BAD = [
+    # (overrides, field named in the message, text saying what is allowed)
+    ({"total_steps": 0}, "total_steps", "positive"),
+    ({"total_steps": -5}, "total_steps", "positive"),
+    ({"mbpo.real_ratio": 1.5}, "mbpo.real_ratio", "[0, 1]"),
+    ({"mbpo.real_ratio": -0.1}, "mbpo.real_ratio", "[0, 1]"),
+    ({"model.num_elites": 9}, "model.num_elites", "model.num_members"),
+    ({"model.num_elites": 0}, "model.num_elites", "between 1 and"),
+    ({"model.weight_decays": [1e-5, 1e-5, 1e-5]}, "model.weight_decays", "5 values"),
+    ({"model.num_hidden_layers": 3}, "model.weight_decays", "4 values"),
+    ({"mbpo.rollout_schedule": [150, 20, 1, 15]}, "mbpo.rollout_schedule", "start_epoch < end_epoch"),
+    ({"mbpo.rollout_schedule": [20, 20, 1, 15]}, "mbpo.rollout_schedule", "start_epoch < end_epoch"),
+    ({"mbpo.rollout_schedule": [20, 150, 5, 2]}, "mbpo.rollout_schedule", "min_k <= max_k"),
+    ({"mbpo.rollout_schedule": [20, 150, 0, 2]}, "mbpo.rollout_schedule", "1 <= min_k"),
+    ({"mbpo.rollout_schedule": [20, 150, 1]}, "mbpo.rollout_schedule", "4 values"),
+    ({"mbpo.rollout_schedule": [20, 150, 1, 15, 3]}, "mbpo.rollout_schedule", "4 values"),
+    ({"mbpo.rollout_schedule": 15}, "mbpo.rollout_schedule", "list"),
+    ({"mbpo.rollout_schedule": [20, 150, 1.5, 15]}, "mbpo.rollout_schedule", "integer"),
+    ({"device": "gpu"}, "device", "cuda:N"),
+    ({"device": "cuda:x"}, "device", "cuda:N"),
+    ({"device": "cuda:"}, "device", "cuda:N"),
+    ({"total_steps": 1.5}, "total_steps", "integer"),
+    ({"total_steps": "many"}, "total_steps", "integer"),
+    ({"mbpo.updates_per_step": True}, "mbpo.updates_per_step", "integer"),
+    ({"seed": -1}, "seed", "non-negative"),
+    ({"sac.compile": "yes"}, "sac.compile", "true or false"),
+    ({"sac.compile": 1}, "sac.compile", "true or false"),
+    ({"sac.discount": 0}, "sac.discount", "(0, 1]"),
+    ({"sac.discount": 1.01}, "sac.discount", "(0, 1]"),
+    ({"sac.discount": "high"}, "sac.discount", "number"),
+    ({"sac.tau": 0}, "sac.tau", "(0, 1]"),
+    ({"model.max_fit_epochs": 0}, "model.max_fit_epochs", "null"),
+    ({"env_id": 3}, "env_id", "string"),
+]
+
+
+@pytest.mark.parametrize("overrides, field, allowed", BAD, ids=[str(b[0]) for b in BAD])
+def test_bad_value_raises_config_error_naming_field_and_allowed(overrides, field, allowed):
+    with pytest.raises(ConfigError) as info:
+        make_config("Hopper-v5", overrides)
+    message = str(info.value)
+    assert field in message
+    assert allowed in message
+
+
+@pytest.mark.parametrize("name", ["mbpo.no_such_field", "no_such_field", "sac.discont", "model.x.y"])
+def test_unknown_field_lists_allowed_fields(name):
+    with pytest.raises(ConfigError) as info:
+        make_config("Hopper-v5", {name: 1})
+    message = str(info.value)
+    assert name in message
+    for allowed in field_names(TrainConfig()):
+        assert allowed in message
+
+
+def test_section_name_alone_is_rejected():
+    with pytest.raises(ConfigError, match="sac"):
+        make_config("Hopper-v5", {"sac": 1})
+
+
+def test_edge_values_are_accepted():
+    cfg = make_config("Hopper-v5", {"sac.discount": 1.0, "mbpo.real_ratio": 0.0, "device": "cuda:1",
+                                    "model.num_elites": 7, "mbpo.rollout_schedule": [0, 1, 2, 2]})
+    assert cfg.sac.discount == 1.0 and cfg.mbpo.real_ratio == 0.0 and cfg.device == "cuda:1"
+    assert cfg.mbpo.rollout_schedule == (0, 1, 2, 2)
+    assert make_config("Hopper-v5", {"mbpo.real_ratio": 1}).mbpo.real_ratio == 1.0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: make_config("Nope-v0"),
+    lambda: make_config("Hopper-v4"),
+    lambda: make_config("Hopper-v5", {"env_id": "CartPole-v1"}),
+    lambda: from_dict({"env_id": "Nope-v0"}),
+])
+def test_unknown_env_id_is_rejected_listing_supported_ids(make):
+    with pytest.raises((ConfigError, UnknownEnvError)) as info:
+        make()
+    message = str(info.value)
+    for env_id in SUPPORTED_ENVS:
+        assert env_id in message
+
+
+@pytest.mark.parametrize("make", [
+    lambda: make_config("Nope-v0"),
+    lambda: from_dict({"env_id": "Nope-v0"}),
+])
+def test_unknown_env_id_is_a_config_error(make):
+    with pytest.raises(ConfigError, match="env_id"):
+        make()
+
+
+def test_run_dir_config_with_unknown_env_is_a_run_dir_error(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.create(make_config("InvertedPendulum-v5"))
+    flat = yaml.safe_load(run.config_path.read_text())
+    flat["env_id"] = "Nope-v0"
+    run.config_path.write_text(yaml.safe_dump(flat, sort_keys=False))
+    with pytest.raises(RunDirError, match="config.yaml"):
+        run.load_config()
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("total_steps=1000", ("total_steps", 1000)),
+    ("sac.discount=0.98", ("sac.discount", 0.98)),
+    ("mbpo.real_ratio=.5", ("mbpo.real_ratio", 0.5)),
+    ("sac.target_entropy=-3", ("sac.target_entropy", -3)),
+    ("mbpo.rollout_schedule=[1,15,1,1]", ("mbpo.rollout_schedule", [1, 15, 1, 1])),
+    ("model.weight_decays=[1.0e-5, 2.5e-5]", ("model.weight_decays", [1e-5, 2.5e-5])),
+    ("model.max_fit_epochs=null", ("model.max_fit_epochs", None)),
+    ("sac.compile=true", ("sac.compile", True)),
+    ("sac.compile=false", ("sac.compile", False)),
+    ("env_id=Hopper-v5", ("env_id", "Hopper-v5")),
+    ("device=cuda:0", ("device", "cuda:0")),
+    ("device=cpu", ("device", "cpu")),
+    (" sac.tau = 0.01 ", ("sac.tau", 0.01)),
+    ("name=a=b", ("name", "a=b")),
+])
+def test_parse_override(text, expected):
+    key, value = parse_override(text)
+    assert (key, value) == expected
+    assert type(value) is type(expected[1])
+
+
+@pytest.mark.parametrize("text, key, value", [
+    ("sac.learning_rate=3e-4", "sac.learning_rate", 3e-4),
+    ("total_steps=1e5", "total_steps", 100_000),
+    ("model.weight_decays=[1e-5,2e-5,3e-5,4e-5,5e-5]", "model.weight_decays",
+     [1e-5, 2e-5, 3e-5, 4e-5, 5e-5]),
+])
+def test_parse_override_exponent_numbers(text, key, value):
+    assert parse_override(text) == (key, value)
+    flat = to_dict(make_config("Hopper-v5", dict([parse_override(text)])))
+    assert flat[key] == value
+
+
+@pytest.mark.parametrize("text", ["total_steps", "mbpo.real_ratio 0.5", ""])
+def test_parse_override_without_equals_is_config_error(text):
+    with pytest.raises(ConfigError, match="field=value"):
+        parse_override(text)
+
+
+def test_parsed_overrides_reach_the_config():
+    overrides = dict(parse_override(t) for t in (
+        "mbpo.rollout_schedule=[1,15,1,1]", "model.max_fit_epochs=null", "sac.compile=true",
+        "total_steps=777", "mbpo.real_ratio=0.25"))
+    cfg = make_config("Hopper-v5", overrides)
+    assert cfg.mbpo.rollout_schedule == (1, 15, 1, 1)
+    assert cfg.model.max_fit_epochs is None
+    assert cfg.sac.compile is True
+    assert cfg.total_steps == 777 and isinstance(cfg.total_steps, int)
+    assert cfg.mbpo.real_ratio == 0.25
+
+
+# --- round trip -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_to_dict_from_dict_round_trip(env_id):
+    cfg = make_config(env_id, {"seed": 4, "model.max_fit_epochs": 30, "sac.compile": True,
+                               "device": "cpu"})
+    flat = to_dict(cfg)
+    assert set(flat) == set(field_names(cfg))
+    back = from_dict(flat)
+    assert back == cfg
+    # and through YAML, as stored in a run directory
+    assert from_dict(yaml.safe_load(yaml.safe_dump(flat))) == cfg
+    back.mbpo.updates_per_step += 1
+    assert back != cfg  # equality compares values: the check above could fail
+
+
+def test_run_directory_config_round_trip(tmp_path):
+    cfg = make_config("Ant-v5", {"seed": 2})
+    run = RunDirectory(tmp_path / "run")
+    run.create(cfg)
+    assert run.load_config() == cfg
+
+
+def test_validate_accepts_every_preset():
+    for env_id in ENV_IDS:
+        validate(make_config(env_id))
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch):
+    """Every CLI error here must come before training; training would fail the test."""
+    def fail(*args, **kwargs):
+        raise AssertionError("training started")
+    monkeypatch.setattr(mbpo_ray.train, "train", fail)
+
+
+def _snapshot(path: Path):
+    return {p.relative_to(path).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--env", "Nope-v0"], "Nope-v0"),
+    (["--env", "Hopper-v5", "--set", "mbpo.real_ratio=2"], "mbpo.real_ratio"),
+    (["--env", "Hopper-v5", "--set", "mbpo.no_such_field=1"], "mbpo.no_such_field"),
+    (["--env", "Hopper-v5", "--steps", "-5"], "total_steps"),
+    (["--env", "Hopper-v5", "--set", "model.num_elites=9"], "model.num_elites"),
+    (["--env", "Hopper-v5", "--device", "tpu"], "device"),
+    (["--env", "Hopper-v5", "--set", "mbpo.rollout_schedule=[1,15,1]"], "mbpo.rollout_schedule"),
+    (["--env", "Hopper-v5", "--set", "sac.discount"], "sac.discount"),
+])
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, args, field):
+    out = tmp_path / "run"
+    code = main(["train", *args, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("mbpo-ray: error: ")
+    assert field in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_unknown_env_lists_supported_envs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--env", "Nope-v0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    for env_id in SUPPORTED_ENVS:
+        assert env_id in err
+    assert not out.exists()
+
+
+def test_cli_missing_env_or_out(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert "--env" in capsys.readouterr().err
+    assert main(["train", "--env", "Hopper-v5"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_out_dir_with_a_file_is_refused_and_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_bytes(b"my precious notes\n")
+    before = _snapshot(out)
+    assert main(["train", "--env", "InvertedPendulum-v5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds files" in err and str(out) in err
+    assert _snapshot(out) == before
+
+
+def test_cli_out_is_a_file_is_refused_and_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_bytes(b"not a directory")
+    assert main(["train", "--env", "InvertedPendulum-v5", "--out", str(out)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert out.read_bytes() == b"not a directory"
+
+
+def test_cli_resume_missing_directory(tmp_path, capsys):
+    target = tmp_path / "nothing"
+    assert main(["train", "--resume", str(target)]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_cli_resume_directory_without_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "other.txt").write_text("x")
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+    assert _snapshot(run) == before
+
+
+def test_cli_resume_without_checkpoint_changes_nothing(tmp_path, capsys):
+    run = RunDirectory(tmp_path / "run")
+    run.create(make_config("InvertedPendulum-v5"))
+    before = _snapshot(run.path)
+    assert main(["train", "--resume", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt" in err and str(run.path) in err
+    assert "Traceback" not in err
+    assert _snapshot(run.path) == before
+    assert not run.checkpoint_path.exists()
+
+
+def test_cli_resume_refuses_env_out_and_unsafe_overrides(tmp_path, capsys):
+    run = RunDirectory(tmp_path / "run")
+    run.create(make_config("InvertedPendulum-v5"))
+    before = _snapshot(run.path)
+    assert main(["train", "--resume", str(run.path), "--env", "Hopper-v5"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run.path), "--set", "mbpo.updates_per_step=3"]) == 2
+    assert "mbpo.updates_per_step" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run.path), "--steps", "-1"]) == 2
+    assert "total_steps" in capsys.readouterr().err
+    assert _snapshot(run.path) == before
+
+
+GARBAGE = {
+    "random": bytes(range(7, 256, 3)) * 5,
+    "text": b"this is not a checkpoint\n",
+    "empty": b"",
+    "truncated_zip": b"PK\x03\x04" + b"\x00" * 40,
+}
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_cli_resume_corrupted_checkpoint_exits_2_and_changes_nothing(tmp_path, capsys, kind):
+    run = RunDirectory(tmp_path / "run")
+    run.create(make_config("InvertedPendulum-v5"))
+    run.checkpoint_path.write_bytes(GARBAGE[kind])
+    before = _snapshot(run.path)
+    assert main(["train", "--resume", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbpo-ray: error: ")
+    assert str(run.checkpoint_path) in err
+    assert _snapshot(run.path) == before
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x8e" + b"\xff" * 8 + b"garbage",        # BINBYTES8 with an impossible length
+    b"]\x98\x82\x03\xe4\x8e\x003\"U\xd6\xe5",  # list then bytes opcodes
+    b"cno_such_module_xyz\nthing\n.",          # global of a module that does not exist
+], ids=["overflow", "type", "module"])
+def test_cli_resume_other_garbage_checkpoints_exit_2(tmp_path, capsys, garbage):
+    run = RunDirectory(tmp_path / "run")
+    run.create(make_config("InvertedPendulum-v5"))
+    run.checkpoint_path.write_bytes(garbage)
+    before = _snapshot(run.path)
+    assert main(["train", "--resume", str(run.path)]) == 2
+    assert str(run.checkpoint_path) in capsys.readouterr().err
+    assert _snapshot(run.path) == before
+
+
+def test_cli_resume_checkpoint_of_wrong_format(tmp_path, capsys):
+    import torch
+
+    run = RunDirectory(tmp_path / "run")
+    run.create(make_config("InvertedPendulum-v5"))
+    torch.save({"format": 999}, run.checkpoint_path)
+    before = _snapshot(run.path)
+    assert main(["train", "--resume", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert str(run.checkpoint_path) in err and "format" in err
+    assert _snapshot(run.path) == before
+
+
+def test_cli_envs_prints_all_ids(capsys):
+    assert main(["envs"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert lines == list(SUPPORTED_ENVS)
+    assert len(lines) == 7
+
+
+def test_dataclass_configs_are_plain_dataclasses():
+    # to_dict/from_dict and the CLI rely on every leaf being a dataclass field
+    cfg = make_config("Hopper-v5")
+    for section in ("model", "sac", "mbpo"):
+        assert dataclasses.is_dataclass(getattr(cfg, section))

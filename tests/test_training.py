@@ -1,0 +1,133 @@
+"""Whole-loop tests: determinism, resume equals uninterrupted, Ctrl-C, and learning."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mbpo_ray.config import make_config
+from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.train import train
+
+
+def comparable(records):
+    """Metrics minus wall-clock measurements, which legitimately differ between runs."""
+    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "model/fit_seconds"}
+            for r in records]
+
+
+def final_state(run: RunDirectory):
+    return run.load_checkpoint()["runtime"]
+
+
+def assert_states_equal(a, b, path="runtime"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_states_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_states_equal(x, y, f"{path}[{i}]")
+    elif hasattr(a, "shape"):  # numpy
+        assert (a == b).all(), path
+    else:
+        assert a == b, path
+
+
+def test_rollout_length_grows_and_model_buffer_is_reallocated(tiny_config, tmp_path):
+    cfg = tiny_config()
+    train(cfg, str(tmp_path / "run"), progress=False)
+    records = RunDirectory(tmp_path / "run").read_metrics()
+    assert [r["env_steps"] for r in records] == [200, 400, 600]
+    ks = [r["rollout/k"] for r in records if "rollout/k" in r]
+    # schedule [1, 3, 1, 3]: k = 1 in epoch 1, 2 in epoch 2
+    assert ks == [1, 2]
+    # capacity = retain 1 x (200 / 100) x 1000 x k
+    assert records[-1]["rollout/model_buffer_size"] <= 2 * 1000 * 2
+    assert records[-1]["rollout/model_buffer_size"] > 2 * 1000  # grew past the k=1 capacity
+    for key in ("train/q_loss", "model/holdout_mse", "rollout/transitions", "eval/return_mean", "perf/sps"):
+        assert key in records[-1]
+
+
+def test_same_seed_same_metrics(tiny_config, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        train(tiny_config(), str(tmp_path / name), progress=False)
+        runs.append(RunDirectory(tmp_path / name))
+    first, second = (comparable(r.read_metrics()) for r in runs)
+    assert len(first) == 3 and first == second
+    assert_states_equal(final_state(runs[0]), final_state(runs[1]))
+    # and a different seed gives a different run (the check above can fail)
+    train(tiny_config(seed=4), str(tmp_path / "c"), progress=False)
+    assert comparable(RunDirectory(tmp_path / "c").read_metrics()) != first
+
+
+def test_resume_ends_where_uninterrupted_run_ends(tiny_config, tmp_path):
+    cfg = tiny_config()
+    full = train(cfg, str(tmp_path / "full"), progress=False)
+    assert full.completed
+    # Stop mid-epoch and mid-episode (step 333), then resume from the checkpoint.
+    part = train(tiny_config(), str(tmp_path / "part"), progress=False, stop_at=333)
+    assert not part.completed and part.env_steps == 333
+    run = RunDirectory(tmp_path / "part")
+    assert run.load_checkpoint()["env_steps"] == 333
+    resumed = train(run.load_config(), str(tmp_path / "part"), resume=True, progress=False)
+    assert resumed.completed and resumed.env_steps == 600
+    assert comparable(run.read_metrics()) == comparable(RunDirectory(tmp_path / "full").read_metrics())
+    assert_states_equal(final_state(RunDirectory(tmp_path / "full")), final_state(run))
+    assert run.curve_path.exists()
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mbpo_ray", "train", "--env", "InvertedPendulum-v5", "--steps", "100000",
+           "--seed", "0", "--out", str(out), "--no-progress", "--device", "cpu",
+           "--set", "mbpo.epoch_length=100", "--set", "mbpo.init_random_steps=100",
+           "--set", "mbpo.model_train_freq=100", "--set", "mbpo.rollout_batch_size=500",
+           "--set", "mbpo.updates_per_step=1", "--set", "model.hidden_width=16",
+           "--set", "model.max_fit_epochs=2", "--set", "sac.hidden_width=16", "--set", "eval_episodes=1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    assert metrics.exists(), proc.stderr.read() if proc.poll() is not None else "no metrics"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    run = RunDirectory(out)
+    stopped_at = run.load_checkpoint()["env_steps"]
+    assert 300 <= stopped_at < 100000
+    assert run.curve_path.exists()
+    # resume with a smaller total that is already past... no: extend to a few more epochs
+    done = subprocess.run([sys.executable, "-m", "mbpo_ray", "train", "--resume", str(out),
+                           "--steps", str(stopped_at + 150), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert run.load_checkpoint()["env_steps"] == stopped_at + 150
+    steps = [r["env_steps"] for r in run.read_metrics()]
+    assert steps == sorted(set(steps)) and steps[-1] == stopped_at + 150
+
+
+@pytest.mark.slow
+def test_mbpo_learns_inverted_pendulum(tmp_path):
+    """MBPO with the paper's InvertedPendulum preset, seed 0, 5,000 env steps.
+
+    Threshold 900: a random or untrained policy keeps the pole up for ~5-10 steps (eval return
+    ~6 at step 0 here); the maximum is 1000 (the 1000-step time limit). The paper reaches 1000
+    well within 15k steps, and mbrl-lib's MBPO reached 1000 at ~4,250 steps on this machine.
+    benchmarks/results/learning/InvertedPendulum-v5.json shows seeds 0-2 of this same config.
+    """
+    cfg = make_config("InvertedPendulum-v5", {"total_steps": 5000, "seed": 0, "device": "cpu"})
+    train(cfg, str(tmp_path / "run"), progress=False)
+    records = RunDirectory(tmp_path / "run").read_metrics()
+    evals = [r["eval/return_mean"] for r in records]
+    assert evals[0] < 100  # untrained: far from balanced
+    assert max(evals) >= 900, evals
