@@ -421,10 +421,6 @@ def test_nonfinite_fit_fails_and_keeps_last_good_weights(bad):
         assert torch.equal(before[k], after[k]), k
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: EnsembleTrainer.fit keeps good_opt = self.optimizer.state_dict(), which aliases "
-    "Adam's live exp_avg/exp_avg_sq tensors; after a NaN fit they are NaN, the 'restore' "
-    "restores NaN moments and every later fit fails. Fix: copy.deepcopy the state_dict."))
 def test_fit_after_a_failed_fit_works_again():
     model, trainer, inputs, targets = _fitted_model_and_data(13)
     bad_targets = targets.clone()

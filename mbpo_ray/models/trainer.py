@@ -2,6 +2,7 @@
 early stopping with per-member snapshots, and elite selection (REFERENCE.md section 3)."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Dict
@@ -49,7 +50,7 @@ class EnsembleTrainer:
         n_train = train_in.shape[0]
 
         good_state = {k: v.clone() for k, v in model.state_dict().items()}
-        good_opt = self.optimizer.state_dict()
+        good_opt = copy.deepcopy(self.optimizer.state_dict())  # a copy: the live state mutates
         model.set_normalizer(train_in)
 
         E = model.num_members
