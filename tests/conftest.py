@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from mbpo_ray.config import make_config
 
@@ -20,3 +21,13 @@ def tiny_config():
         return make_config("InvertedPendulum-v5", overrides)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one intra-op thread is fastest and does not oversubscribe a busy machine
+    (the previous setting comes back for the other test modules)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

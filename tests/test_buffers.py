@@ -11,14 +11,7 @@ OBS, ACT = 3, 2
 WIDTH = 2 * OBS + ACT + 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread is fastest and avoids oversubscribing a
-    busy machine (the previous setting is restored for other test modules)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def transitions(ids):

@@ -15,14 +15,7 @@ OBS, ACT = 3, 2
 PAPER_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: one intra-op thread is fastest and avoids oversubscribing a
-    busy machine (the previous setting is restored for other test modules)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def small_cfg(**kw) -> ModelConfig:
