@@ -10,6 +10,10 @@ from mbpo_ray.envs import SUPPORTED_ENVS
 from mbpo_ray.run_dir import RunDirError, RunDirectory
 
 
+# What a resumed run may change: everything else would make it a different experiment.
+RESUMABLE_FIELDS = ("total_steps", "device", "torch_threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mbpo-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,9 +44,9 @@ def _train(args) -> int:
                               "leave out --env and --out")
         run = RunDirectory(args.resume)
         cfg = run.load_config()
-        unsafe = sorted(k for k in overrides if k not in ("total_steps", "device"))
+        unsafe = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
         if unsafe:
-            raise ConfigError(f"--resume may only change total_steps (--steps) and device; "
+            raise ConfigError(f"--resume may only change {', '.join(RESUMABLE_FIELDS)}; "
                               f"not {', '.join(unsafe)}")
         apply_overrides(cfg, overrides)
         validate(cfg)

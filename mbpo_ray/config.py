@@ -87,6 +87,9 @@ class TrainConfig:
     total_steps: int = 20_000
     # "auto" takes CUDA when there is one; otherwise "cpu", "cuda", "cuda:N" or "mps".
     device: str = "auto"
+    # Intra-op CPU threads for torch; None keeps torch's default (all cores). Set 1 when
+    # several runs share a machine.
+    torch_threads: Optional[int] = None
     eval_episodes: int = 5
     checkpoint_every_epochs: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -300,6 +303,8 @@ def validate(cfg: TrainConfig) -> None:
     dev = cfg.device
     _require(dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
              "device", dev, "auto, cpu, cuda, cuda:N or mps")
+    _require(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads", cfg.torch_threads,
+             "null (torch's default) or at least 1")
     _require(cfg.eval_episodes >= 1, "eval_episodes", cfg.eval_episodes, "at least 1")
     _require(cfg.checkpoint_every_epochs >= 1, "checkpoint_every_epochs",
              cfg.checkpoint_every_epochs, "at least 1")

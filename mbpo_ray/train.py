@@ -100,6 +100,8 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool =
     else:
         run.check_new()
 
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     runtime = LocalRuntime(cfg, device)
     loop = MBPOLoop(cfg, runtime)
