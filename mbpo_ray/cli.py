@@ -50,9 +50,10 @@ def _train(args) -> int:
                               f"not {', '.join(unsafe)}")
         apply_overrides(cfg, overrides)
         validate(cfg)
-        run.load_checkpoint()  # fail early with a clear message if it is missing or broken
-        train(cfg, args.resume, resume=True, progress=not args.no_progress)
-        return 0
+        checkpoint = run.load_checkpoint()  # a clear error before anything starts
+        result = train(cfg, args.resume, resume=True, progress=not args.no_progress,
+                       checkpoint=checkpoint)
+        return 0 if result.completed else 130
     if not args.env:
         raise ConfigError(f"--env is required; one of: {', '.join(SUPPORTED_ENVS)}")
     if not args.out:

@@ -87,18 +87,19 @@ def save_checkpoint(run: RunDirectory, loop: MBPOLoop, runtime: LocalRuntime) ->
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
-          stop_at: Optional[int] = None) -> TrainResult:
-    """Train ``cfg`` in ``out_dir`` (a new run, or ``resume`` the one there).
+          stop_at: Optional[int] = None, checkpoint: Optional[Dict[str, Any]] = None) -> TrainResult:
+    """Train ``cfg`` in ``out_dir`` (a new run, or ``resume`` the one there; ``checkpoint``
+    passes that run's checkpoint when the caller has already read it).
 
     ``stop_at`` stops after that many env steps with a checkpoint, as Ctrl-C does."""
     validate(cfg)
     device = resolve_device(cfg.device)
     run = RunDirectory(out_dir)
-    checkpoint = None
-    if resume:
-        checkpoint = run.load_checkpoint()  # raises before anything in the directory changes
-    else:
+    if not resume:
         run.check_new()
+        checkpoint = None
+    elif checkpoint is None:
+        checkpoint = run.load_checkpoint()  # raises before anything in the directory changes
 
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
