@@ -71,3 +71,13 @@ class StackedMLP(nn.Module):
 
     def member_parameters(self) -> List[torch.Tensor]:
         return [*self.weights, *self.biases]
+
+
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch build has one for the device (one kernel
+    for all parameters), else the multi-tensor one; the arithmetic is Adam's either way."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)

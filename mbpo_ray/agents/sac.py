@@ -16,7 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from mbpo_ray.config import SACConfig
-from mbpo_ray.nn import StackedMLP
+from mbpo_ray.nn import StackedMLP, make_adam
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 METRIC_NAMES = ("train/q_loss", "train/policy_loss", "train/alpha_loss", "train/alpha",
@@ -73,10 +73,7 @@ class SAC(nn.Module):
         # One Adam over policy, critics and temperature: the three losses touch disjoint
         # parameters and share lr and betas, so this equals three optimizers, in fewer kernels.
         params = [*self.policy.parameters(), *self.q.parameters(), self.log_alpha]
-        try:
-            self.optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, fused=True)
-        except (RuntimeError, TypeError):
-            self.optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, foreach=True)
+        self.optimizer = make_adam(params, cfg.learning_rate)
         self._q_params = list(self.q.parameters())
         self._q_target_params = list(self.q_target.parameters())
         self._losses = torch.compile(self._losses) if cfg.compile else self._losses

@@ -11,12 +11,13 @@ import torch
 
 from mbpo_ray.config import ModelConfig
 from mbpo_ray.models.ensemble import ProbabilisticEnsemble
+from mbpo_ray.nn import make_adam
 
 
 class EnsembleTrainer:
     def __init__(self, model: ProbabilisticEnsemble, cfg: ModelConfig):
         self.model, self.cfg = model, cfg
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        self.optimizer = make_adam(model.parameters(), cfg.learning_rate)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """inputs [E, B, in], targets [E, B, out] (each member its own bootstrap batch)."""
