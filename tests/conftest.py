@@ -13,7 +13,7 @@ def tiny_config():
             "total_steps": 600, "seed": 3, "device": "cpu", "eval_episodes": 2,
             "mbpo.epoch_length": 200, "mbpo.init_random_steps": 200, "mbpo.model_train_freq": 100,
             "mbpo.rollout_batch_size": 1000, "mbpo.updates_per_step": 2,
-            "mbpo.rollout_schedule": [1, 3, 1, 3],
+            "mbpo.rollout_schedule": [0, 2, 1, 3],
             "model.hidden_width": 32, "model.max_fit_epochs": 5,
             "sac.hidden_width": 32, "sac.batch_size": 64,
         }

@@ -47,7 +47,7 @@ def test_rollout_length_grows_and_model_buffer_is_reallocated(tiny_config, tmp_p
     records = RunDirectory(tmp_path / "run").read_metrics()
     assert [r["env_steps"] for r in records] == [200, 400, 600]
     ks = [r["rollout/k"] for r in records if "rollout/k" in r]
-    # schedule [1, 3, 1, 3]: k = 1 in epoch 1, 2 in epoch 2
+    # schedule [0, 2, 1, 3], epochs counted after the 200 warm-up steps: k = 1, then 2
     assert ks == [1, 2]
     # capacity = retain 1 x (200 / 100) x 1000 x k
     assert records[-1]["rollout/model_buffer_size"] <= 2 * 1000 * 2

@@ -56,7 +56,11 @@ class MBPOLoop:
         return (self.state.env_steps if env_steps is None else env_steps) // self.cfg.mbpo.epoch_length
 
     def rollout_length(self) -> int:
-        return rollout_length(self.epoch(), self.cfg.mbpo.rollout_schedule)
+        # The released code counts the k schedule's epochs from the end of the random warm-up
+        # (its initial exploration runs before epoch 0), so Hopper's ramp starts at 5k + 20k steps.
+        b = self.cfg.mbpo
+        training_epoch = max(0, self.state.env_steps - b.init_random_steps) // b.epoch_length
+        return rollout_length(training_epoch, b.rollout_schedule)
 
     def step(self) -> Optional[Dict[str, Any]]:
         """One env step with everything the schedule puts before and after it. Returns the
