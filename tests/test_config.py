@@ -273,7 +273,9 @@ def test_run_directory_config_round_trip(tmp_path):
 
 def test_validate_accepts_every_preset():
     for env_id in ENV_IDS:
-        validate(make_config(env_id))
+        cfg = make_config(env_id)
+        validate(cfg)  # raises ConfigError on any impossible preset value
+        assert cfg.env_id == env_id and cfg.model.num_elites <= cfg.model.num_members
 
 
 # --- CLI --------------------------------------------------------------------------------------
