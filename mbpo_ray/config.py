@@ -8,6 +8,7 @@ the field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -245,12 +246,12 @@ def _numbers_from_strings(value: Any) -> Any:
     """YAML 1.1 reads 3e-4 (no decimal point) as a string; read such strings as numbers."""
     if isinstance(value, list):
         return [_numbers_from_strings(v) for v in value]
-    if isinstance(value, str):
-        try:
-            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            return value
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
     return value
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:

@@ -52,7 +52,7 @@ class RunDirectory:
     def create(self, cfg: TrainConfig) -> None:
         self.check_new()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+        self.save_config(cfg)
 
     def load_config(self) -> TrainConfig:
         if not self.path.is_dir():
