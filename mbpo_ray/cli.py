@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from mbpo_ray.config import ConfigError, apply_overrides, make_config, parse_override, validate
+from mbpo_ray.config import ALGOS, ConfigError, apply_overrides, make_config, parse_override, validate
 from mbpo_ray.envs import SUPPORTED_ENVS
 from mbpo_ray.run_dir import RunDirError, RunDirectory
 
@@ -17,8 +17,9 @@ RESUMABLE_FIELDS = ("total_steps", "device", "torch_threads")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mbpo-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train MBPO on one env (a new run, or --resume one)")
+    train = sub.add_parser("train", help="train one algorithm on one env (a new run, or --resume one)")
     train.add_argument("--env", help=f"env id, one of: {', '.join(SUPPORTED_ENVS)}")
+    train.add_argument("--algo", help=f"algorithm, one of: {', '.join(ALGOS)} (default mbpo)")
     train.add_argument("--steps", type=int, help="total env steps (default: the env preset's budget)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--out", help="run directory to create (must be empty or absent)")
@@ -35,7 +36,7 @@ def _train(args) -> int:
     from mbpo_ray.train import train  # torch import deferred until the config is known good
 
     overrides = dict(parse_override(o) for o in args.overrides)
-    for flag, key in (("steps", "total_steps"), ("seed", "seed"), ("device", "device")):
+    for flag, key in (("algo", "algo"), ("steps", "total_steps"), ("seed", "seed"), ("device", "device")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.resume:

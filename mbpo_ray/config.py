@@ -18,7 +18,11 @@ import yaml
 from mbpo_ray.envs import SUPPORTED_ENVS, check_env_id
 from mbpo_ray.errors import ConfigError
 
-ALGOS = ("mbpo",)
+# mbpo: the paper's algorithm. sac: the same SAC with no model (real_ratio 1, G = 1; raise
+# mbpo.updates_per_step for the paper's "no model, same G" ablation). pets, steve: the
+# baselines of REFERENCE.md section 7. rllib-sac: RLlib's SAC as an external reference.
+ALGOS = ("mbpo", "sac", "pets", "steve", "rllib-sac")
+PROPAGATIONS = ("ts-inf", "ts-1", "expectation")
 
 
 @dataclass
@@ -81,6 +85,37 @@ class MBPOConfig:
 
 
 @dataclass
+class PETSConfig:
+    """CEM model-predictive control over the ensemble (Chua et al. 2018; REFERENCE.md section 7)."""
+
+    horizon: int = 30
+    population: int = 500
+    num_elites: int = 50  # CEM elites (lowest cost plans), not model elites
+    iterations: int = 5
+    # new mean/variance = smoothing * old + (1 - smoothing) * elite statistics
+    smoothing: float = 0.1
+    # CEM stops early once the largest variance of the plan falls below this
+    min_variance: float = 0.001
+    num_particles: int = 20
+    propagation: str = "ts-inf"  # one of PROPAGATIONS
+    # Uniform-random episodes before the first planner episode.
+    random_episodes: int = 1
+    # Cost given to a plan whose predicted return is not finite.
+    nan_cost: float = 1e6
+
+
+@dataclass
+class STEVEConfig:
+    """STEVE's TD target on a SAC learner (Buckman et al. 2018; REFERENCE.md section 7)."""
+
+    horizon: int = 3  # H: candidate targets T_0 .. T_H
+    num_q: int = 4
+    num_dynamics: int = 4
+    num_reward: int = 4
+    num_done: int = 4
+
+
+@dataclass
 class TrainConfig:
     env_id: str = "InvertedPendulum-v5"
     algo: str = "mbpo"
@@ -96,6 +131,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     mbpo: MBPOConfig = field(default_factory=MBPOConfig)
+    pets: PETSConfig = field(default_factory=PETSConfig)
+    steve: STEVEConfig = field(default_factory=STEVEConfig)
 
 
 # --- presets from the paper's released code (REFERENCE.md section 2) -------------------------
@@ -145,6 +182,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     },
 }
 assert set(PRESETS) == set(SUPPORTED_ENVS)
+
+# Applied after the env preset and before the user's overrides. The loop fields of the mbpo
+# section (epoch_length, init_random_steps, updates_per_step, real_ratio) drive every
+# SAC-based algorithm, so "sac" is MBPO with no model data and one update per env step.
+ALGO_PRESETS: Dict[str, Dict[str, Any]] = {
+    "mbpo": {},
+    "sac": {"mbpo.real_ratio": 1.0, "mbpo.updates_per_step": 1},
+    # PETS: an ensemble of 5 probabilistic networks, all of them used by the planner.
+    "pets": {"model.num_members": 5, "model.num_elites": 5},
+    "steve": {"mbpo.real_ratio": 1.0, "mbpo.updates_per_step": 1},
+    "rllib-sac": {"mbpo.real_ratio": 1.0, "mbpo.updates_per_step": 1},
+}
+assert set(ALGO_PRESETS) == set(ALGOS)
 
 
 # --- field access by dotted name --------------------------------------------------------------
@@ -263,9 +313,13 @@ def apply_overrides(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:
 def make_config(env_id: str, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
     """The paper preset of ``env_id`` with ``overrides`` applied, validated."""
     check_env_id(env_id)
+    overrides = dict(overrides or {})
+    algo = overrides.get("algo", "mbpo")
+    _require(algo in ALGOS, "algo", algo, f"one of {', '.join(ALGOS)}")
     cfg = TrainConfig(env_id=env_id)
     apply_overrides(cfg, PRESETS[env_id])
-    apply_overrides(cfg, overrides or {})
+    apply_overrides(cfg, ALGO_PRESETS[algo])
+    apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
@@ -362,6 +416,26 @@ def validate(cfg: TrainConfig) -> None:
              "a non-negative integer")
     _require(b.min_real_before_updates >= 1, "mbpo.min_real_before_updates",
              b.min_real_before_updates, "at least 1")
+
+
+    p = cfg.pets
+    _require(p.horizon >= 1, "pets.horizon", p.horizon, "at least 1")
+    _require(p.population >= 2, "pets.population", p.population, "at least 2")
+    _require(1 <= p.num_elites <= p.population, "pets.num_elites", p.num_elites,
+             f"between 1 and pets.population ({p.population})")
+    _require(p.iterations >= 1, "pets.iterations", p.iterations, "at least 1")
+    _require(0 <= p.smoothing < 1, "pets.smoothing", p.smoothing, "within [0, 1)")
+    _require(p.min_variance >= 0, "pets.min_variance", p.min_variance, "a non-negative number")
+    _require(p.num_particles >= 1, "pets.num_particles", p.num_particles, "at least 1")
+    _require(p.propagation in PROPAGATIONS, "pets.propagation", p.propagation,
+             f"one of {', '.join(PROPAGATIONS)}")
+    _require(p.random_episodes >= 1, "pets.random_episodes", p.random_episodes, "at least 1")
+    _require(p.nan_cost > 0, "pets.nan_cost", p.nan_cost, "a positive number")
+
+    v = cfg.steve
+    _require(v.horizon >= 0, "steve.horizon", v.horizon, "a non-negative integer")
+    for name in ("num_q", "num_dynamics", "num_reward", "num_done"):
+        _require(getattr(v, name) >= 1, f"steve.{name}", getattr(v, name), "at least 1")
 
 
 def resolve_device(name: str):

@@ -24,7 +24,7 @@ import yaml
 
 from mbpo_ray.config import ConfigError, TrainConfig, from_dict, to_dict
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the algorithm's state under "algorithm"
 
 
 class RunDirError(ValueError):

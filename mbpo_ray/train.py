@@ -12,10 +12,9 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 import torch
 
-from mbpo_ray.algos.mbpo import MBPOLoop
+from mbpo_ray.algos import Algorithm, make_algorithm
 from mbpo_ray.config import TrainConfig, resolve_device, validate
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.runtime.local import LocalRuntime
 
 
 @dataclass
@@ -77,19 +76,19 @@ def stop_on_signals() -> Iterator[StopFlag]:
             signal.signal(sig, handler)
 
 
-def save_checkpoint(run: RunDirectory, loop: MBPOLoop, runtime: LocalRuntime) -> None:
+def save_checkpoint(run: RunDirectory, algo: Algorithm) -> None:
     run.save_checkpoint({
-        "env_steps": loop.state.env_steps,
-        "loop": loop.state_dict(),
-        "runtime": runtime.state_dict(),
+        "env_steps": algo.env_steps,
+        "algorithm": algo.state_dict(),
         "rng": rng_state(),
     })
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
           stop_at: Optional[int] = None, checkpoint: Optional[Dict[str, Any]] = None) -> TrainResult:
-    """Train ``cfg`` in ``out_dir`` (a new run, or ``resume`` the one there; ``checkpoint``
-    passes that run's checkpoint when the caller has already read it).
+    """Train ``cfg`` (any algorithm of ``mbpo_ray.config.ALGOS``) in ``out_dir`` (a new run, or
+    ``resume`` the one there; ``checkpoint`` passes that run's checkpoint when the caller has
+    already read it).
 
     ``stop_at`` stops after that many env steps with a checkpoint, as Ctrl-C does."""
     validate(cfg)
@@ -104,50 +103,59 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool =
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
-    runtime = LocalRuntime(cfg, device)
-    loop = MBPOLoop(cfg, runtime)
-    if checkpoint is not None:
-        runtime.load_state_dict(checkpoint["runtime"])
-        loop = MBPOLoop(cfg, runtime, MBPOLoop.state_from_dict(checkpoint["loop"]))
-        set_rng_state(checkpoint["rng"])
-        run.truncate_metrics(loop.state.env_steps)
-        run.save_config(cfg)
-    else:
-        run.create(cfg)
+    algo = make_algorithm(cfg, device, run.path)  # the directory is written only once this works
+    try:
+        if checkpoint is None:
+            run.create(cfg)
+        else:
+            algo.load_state_dict(checkpoint["algorithm"])
+            set_rng_state(checkpoint["rng"])
+            run.truncate_metrics(algo.env_steps)
+            run.save_config(cfg)
+        return _train_loop(cfg, run, algo, progress, stop_at)
+    finally:
+        algo.close()
 
+
+def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: bool,
+                stop_at: Optional[int]) -> TrainResult:
     epochs_done = 0
     bar = None
+    label = f"{algo.title} {cfg.env_id} seed {cfg.seed}"
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.total_steps, initial=loop.state.env_steps, unit="step",
-                   desc=f"MBPO {cfg.env_id} seed {cfg.seed}", dynamic_ncols=True, file=sys.stderr)
-    start_wall, start_steps = time.perf_counter(), loop.state.env_steps
+        bar = tqdm(total=cfg.total_steps, initial=algo.env_steps, unit="step",
+                   desc=label, dynamic_ncols=True, file=sys.stderr)
+    start_wall, start_steps = time.perf_counter(), algo.env_steps
     stopped_early = False
     with stop_on_signals() as stop:
-        while loop.state.env_steps < cfg.total_steps:
-            record = loop.step()
+        while algo.env_steps < cfg.total_steps:
+            before = algo.env_steps
+            record = algo.step()
             if bar is not None:
-                bar.update(1)
+                bar.update(algo.env_steps - before)
             if record is not None:
                 record["perf/wall_seconds"] = time.perf_counter() - start_wall
                 run.append_metrics(record)
                 epochs_done += 1
-                if epochs_done % cfg.checkpoint_every_epochs == 0 or loop.state.env_steps == cfg.total_steps:
-                    save_checkpoint(run, loop, runtime)
+                if epochs_done % cfg.checkpoint_every_epochs == 0 or algo.env_steps >= cfg.total_steps:
+                    save_checkpoint(run, algo)
                 if bar is not None:
-                    bar.set_postfix(eval_return=f"{record['eval/return_mean']:.1f}",
-                                    sps=f"{record['perf/sps']:.1f}", refresh=False)
-            if stop.requested or (stop_at is not None and loop.state.env_steps >= stop_at):
-                if loop.state.env_steps < cfg.total_steps:
-                    save_checkpoint(run, loop, runtime)
+                    postfix = {"eval_return": f"{record['eval/return_mean']:.1f}"}
+                    if "perf/sps" in record:
+                        postfix["sps"] = f"{record['perf/sps']:.1f}"
+                    bar.set_postfix(postfix, refresh=False)
+            if stop.requested or (stop_at is not None and algo.env_steps >= stop_at):
+                if algo.env_steps < cfg.total_steps:
+                    save_checkpoint(run, algo)
                     stopped_early = True
                 break
     if bar is not None:
         bar.close()
-    run.plot_curve(title=f"MBPO {cfg.env_id}, seed {cfg.seed}")
-    steps_per_s = (loop.state.env_steps - start_steps) / max(time.perf_counter() - start_wall, 1e-9)
+    run.plot_curve(title=label.replace(" seed", ", seed"))
+    steps_per_s = (algo.env_steps - start_steps) / max(time.perf_counter() - start_wall, 1e-9)
     if progress:
         state = "stopped" if stopped_early else "finished"
-        print(f"{state} at {loop.state.env_steps} env steps ({steps_per_s:.1f} steps/s); "
-              f"last eval return {loop.state.last_eval}; run directory {run.path}", file=sys.stderr)
-    return TrainResult(run, loop.state.env_steps, not stopped_early, loop.state.last_eval)
+        print(f"{state} at {algo.env_steps} env steps ({steps_per_s:.1f} steps/s); "
+              f"last eval return {algo.last_eval}; run directory {run.path}", file=sys.stderr)
+    return TrainResult(run, algo.env_steps, not stopped_early, algo.last_eval)

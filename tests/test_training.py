@@ -21,7 +21,7 @@ def comparable(records):
 
 
 def final_state(run: RunDirectory):
-    return run.load_checkpoint()["runtime"]
+    return run.load_checkpoint()["algorithm"]["runtime"]
 
 
 def assert_states_equal(a, b, path="runtime"):

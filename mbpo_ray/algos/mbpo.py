@@ -116,3 +116,37 @@ class MBPOLoop:
     @staticmethod
     def state_from_dict(d: Dict[str, Any]) -> LoopState:
         return LoopState(**d)
+
+
+class MBPO:
+    """MBPO (and, with ``algo: sac``, the same SAC without model data) as an ``Algorithm``:
+    the loop above over a runtime."""
+
+    def __init__(self, cfg: TrainConfig, device, run_path=None):
+        from mbpo_ray.runtime.local import LocalRuntime
+
+        self.cfg = cfg
+        self.title = "SAC" if cfg.algo == "sac" else "MBPO"
+        self.runtime = LocalRuntime(cfg, device)
+        self.loop = MBPOLoop(cfg, self.runtime)
+
+    @property
+    def env_steps(self) -> int:
+        return self.loop.state.env_steps
+
+    @property
+    def last_eval(self) -> Optional[float]:
+        return self.loop.state.last_eval
+
+    def step(self) -> Optional[Dict[str, Any]]:
+        return self.loop.step()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"loop": self.loop.state_dict(), "runtime": self.runtime.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.runtime.load_state_dict(state["runtime"])
+        self.loop = MBPOLoop(self.cfg, self.runtime, MBPOLoop.state_from_dict(state["loop"]))
+
+    def close(self) -> None:
+        pass

@@ -10,6 +10,7 @@ from mbpo_ray.agents.sac import SAC
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.envs import get_env_state, make_env, set_env_state, termination_fn
+from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.rollout import branched_rollout
 
@@ -103,22 +104,10 @@ class LocalRuntime:
 
     # --- evaluation ---
     def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
-        returns, lengths = [], []
-        for i in range(episodes):
-            obs, _ = self.eval_env.reset(seed=seed + i)
-            total, length, done = 0.0, 0, False
-            while not done:
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
-                action = self.agent.policy.act(obs_t, deterministic=True)[0].cpu().numpy()
-                obs, reward, terminated, truncated, _ = self.eval_env.step(self.scaler.to_env(action))
-                total += float(reward)
-                length += 1
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(length)
-        return {"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns)),
-                "eval/return_min": float(np.min(returns)), "eval/return_max": float(np.max(returns)),
-                "eval/episode_length": float(np.mean(lengths))}
+        def act(obs):
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
+            return self.scaler.to_env(self.agent.policy.act(obs_t, deterministic=True)[0].cpu().numpy())
+        return evaluate_policy(self.eval_env, act, episodes, seed)
 
     # --- checkpoints ---
     def state_dict(self) -> Dict[str, Any]:
