@@ -11,7 +11,7 @@ from mbpo_ray.run_dir import RunDirError, RunDirectory
 
 
 # What a resumed run may change: everything else would make it a different experiment.
-RESUMABLE_FIELDS = ("total_steps", "device", "torch_threads")
+RESUMABLE_FIELDS = ("total_steps", "device", "torch_threads", "ray.address")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one algorithm on one env (a new run, or --resume one)")
     train.add_argument("--env", help=f"env id, one of: {', '.join(SUPPORTED_ENVS)}")
     train.add_argument("--algo", help=f"algorithm, one of: {', '.join(ALGOS)} (default mbpo)")
+    train.add_argument("--runtime", help="local (one process, default) or ray (actors; mbpo and sac)")
+    train.add_argument("--schedule", help="with --runtime ray: sync (the paper's order, default) or async")
+    train.add_argument("--address", help="with --runtime ray: join this Ray cluster (default: RAY_ADDRESS, "
+                                         "else start Ray in-process)")
     train.add_argument("--steps", type=int, help="total env steps (default: the env preset's budget)")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--out", help="run directory to create (must be empty or absent)")
@@ -36,7 +40,9 @@ def _train(args) -> int:
     from mbpo_ray.train import train  # torch import deferred until the config is known good
 
     overrides = dict(parse_override(o) for o in args.overrides)
-    for flag, key in (("algo", "algo"), ("steps", "total_steps"), ("seed", "seed"), ("device", "device")):
+    for flag, key in (("algo", "algo"), ("runtime", "runtime"), ("schedule", "ray.schedule"),
+                      ("address", "ray.address"), ("steps", "total_steps"), ("seed", "seed"),
+                      ("device", "device")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.resume:

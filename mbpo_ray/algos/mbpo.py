@@ -32,6 +32,8 @@ class LoopState:
     model_metrics: Dict[str, float] = field(default_factory=dict)
     rollout_metrics: Dict[str, float] = field(default_factory=dict)
     last_eval: Optional[float] = None
+    # Bookkeeping of schedules other than the step-by-step one (the Ray runtime's async loop).
+    schedule: Dict[str, Any] = field(default_factory=dict)
 
 
 class MBPOLoop:
@@ -102,6 +104,7 @@ class MBPOLoop:
         record.update(st.model_metrics)
         record.update(st.rollout_metrics)
         record.update(evaluation)
+        record.update(self.runtime.runtime_metrics())
         record["perf/sps"] = steps / max(wall, 1e-9)
         record["perf/epoch_seconds"] = wall
         record.update({f"perf/{phase}_seconds": secs for phase, secs in self._timers.items()})
@@ -123,12 +126,20 @@ class MBPO:
     the loop above over a runtime."""
 
     def __init__(self, cfg: TrainConfig, device, run_path=None):
-        from mbpo_ray.runtime.local import LocalRuntime
-
         self.cfg = cfg
         self.title = "SAC" if cfg.algo == "sac" else "MBPO"
-        self.runtime = LocalRuntime(cfg, device)
-        self.loop = MBPOLoop(cfg, self.runtime)
+        if cfg.runtime == "ray":
+            from mbpo_ray.runtime.ray_runtime import AsyncMBPOLoop, RayRuntime
+
+            self.title += f" (ray, {cfg.ray.schedule})"
+            self.runtime = RayRuntime(cfg)
+            self.loop_class = AsyncMBPOLoop if cfg.ray.schedule == "async" else MBPOLoop
+        else:
+            from mbpo_ray.runtime.local import LocalRuntime
+
+            self.runtime = LocalRuntime(cfg, device)
+            self.loop_class = MBPOLoop
+        self.loop = self.loop_class(cfg, self.runtime)
 
     @property
     def env_steps(self) -> int:
@@ -146,7 +157,9 @@ class MBPO:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.runtime.load_state_dict(state["runtime"])
-        self.loop = MBPOLoop(self.cfg, self.runtime, MBPOLoop.state_from_dict(state["loop"]))
+        self.loop = self.loop_class(self.cfg, self.runtime, self.loop_class.state_from_dict(state["loop"]))
 
     def close(self) -> None:
-        pass
+        close = getattr(self.runtime, "close", None)
+        if close is not None:
+            close()

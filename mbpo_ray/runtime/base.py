@@ -26,6 +26,10 @@ class Runtime(Protocol):
     def agent_metrics(self) -> Dict[str, float]:
         """Mean SAC metrics since the last call."""
 
+    def runtime_metrics(self) -> Dict[str, float]:
+        """perf/ metrics of the runtime itself (per-actor throughput, weight lags) since the
+        last call."""
+
     def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
         """Deterministic-policy returns on fresh episodes of the real env."""
 

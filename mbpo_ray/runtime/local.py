@@ -102,6 +102,9 @@ class LocalRuntime:
         self._metric_count = 0
         return out
 
+    def runtime_metrics(self) -> Dict[str, float]:
+        return {}
+
     # --- evaluation ---
     def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
         def act(obs):

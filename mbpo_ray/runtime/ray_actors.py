@@ -1,0 +1,345 @@
+"""The roles of one MBPO run on Ray (DESIGN.md section 2), as plain classes.
+
+``mbpo_ray.runtime.ray_runtime`` turns them into Ray actors with the resources of
+``RayConfig``; they never import ray themselves except to call another actor, so each role can
+also be built and tested in-process. Transitions travel as packed float32 rows
+[obs | act | reward | next_obs | terminated] (``ReplayBuffer``'s layout), in numpy arrays that
+Ray's object store hands between processes on a node without copying.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from mbpo_ray.agents.sac import METRIC_NAMES, SAC, TanhGaussianPolicy
+from mbpo_ray.config import TrainConfig
+from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
+from mbpo_ray.envs import get_env_state, make_env, set_env_state, termination_fn
+from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+from mbpo_ray.rollout import branched_rollout
+
+
+def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
+    """The device of an actor: a GPU only when Ray assigned it one (never a hard-coded cuda:0;
+    Ray sets CUDA_VISIBLE_DEVICES so the assigned GPU is cuda:0 inside the actor)."""
+    if gpus > 0 and cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def set_threads(cpus: float) -> None:
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def policy_weights(policy: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
+
+
+def dims(cfg: TrainConfig) -> Tuple[int, int]:
+    env = make_env(cfg.env_id)
+    out = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    return out
+
+
+class Role:
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+class EnvCollector(Role):
+    """Steps one training env with the latest policy weights it was given and pushes every
+    transition to the buffer actor before the call returns (nothing is held back between
+    calls, so a killed collector loses only its unfinished episode's bookkeeping)."""
+
+    def __init__(self, cfg: TrainConfig, seed: int, cpus: float = 1.0):
+        from mbpo_ray.runtime.local import ActionScaler
+
+        set_threads(cpus)
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.env = make_env(cfg.env_id, seed=seed)
+        self.scaler = ActionScaler(self.env.action_space)
+        self.obs_dim = self.env.observation_space.shape[0]
+        self.act_dim = self.env.action_space.shape[0]
+        self.action_rng = np.random.default_rng(seed)
+        self.policy = TanhGaussianPolicy(self.obs_dim, self.act_dim, cfg.sac.hidden_width,
+                                         cfg.sac.num_hidden_layers)
+        self.policy_version = -1
+        self.obs, _ = self.env.reset(seed=seed)
+        self.episode_return, self.episode_length = 0.0, 0
+        self.steps = 0
+
+    def set_policy(self, policy: Dict[str, Any]) -> None:
+        """``policy``: the learner's ``{"version", "weights"}``."""
+        self.policy.load_state_dict(policy["weights"])
+        self.policy_version = policy["version"]
+
+    def _step(self, random_action: bool) -> Tuple[np.ndarray, Optional[float]]:
+        if random_action:
+            action = self.action_rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+        else:
+            with torch.no_grad():
+                action = self.policy.act(torch.as_tensor(self.obs, dtype=torch.float32)[None])[0].numpy()
+        next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
+        # Time-limit truncation is not terminal: only `terminated` is stored.
+        row = np.concatenate([np.asarray(self.obs, np.float32), action.astype(np.float32),
+                              [np.float32(reward)], np.asarray(next_obs, np.float32),
+                              [np.float32(terminated)]])
+        self.episode_return += float(reward)
+        self.episode_length += 1
+        self.obs = next_obs
+        self.steps += 1
+        finished = None
+        if terminated or truncated:
+            finished = self.episode_return
+            self.obs, _ = self.env.reset()
+            self.episode_return, self.episode_length = 0.0, 0
+        return row, finished
+
+    def collect(self, num_steps: int, num_random: int, buffer) -> Dict[str, Any]:
+        """``num_steps`` env steps (the first ``num_random`` with uniform random actions), then
+        push them all to the buffer actor and wait until it has them."""
+        import ray
+
+        start = time.perf_counter()
+        rows, finished = [], []
+        for i in range(num_steps):
+            row, ret = self._step(i < num_random)
+            rows.append(row)
+            if ret is not None:
+                finished.append(ret)
+        real_added = ray.get(buffer.add_env.remote(np.stack(rows)))
+        return {"finished_returns": finished, "policy_version": self.policy_version,
+                "steps": num_steps, "seconds": time.perf_counter() - start, "real_added": real_added}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"env": get_env_state(self.env), "obs": np.array(self.obs),
+                "episode": (self.episode_return, self.episode_length),
+                "action_rng": self.action_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        set_env_state(self.env, state["env"])
+        self.obs = state["obs"]
+        self.episode_return, self.episode_length = state["episode"]
+        self.action_rng.bit_generator.state = state["action_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.steps = state["steps"]
+
+
+class BufferActor(Role):
+    """Owns D_env and D_model. Counts every row ever added to each, so a replica can ask for
+    'everything since row n' and receive one large slice per call."""
+
+    def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int):
+        torch.manual_seed(seed)
+        self.real = ReplayBuffer(obs_dim, act_dim, min(cfg.sac.replay_size, cfg.total_steps))
+        self.model = ReplayBuffer(obs_dim, act_dim, 1)
+        self.real_added = 0
+        self.model_added = 0
+
+    def add_env(self, rows: np.ndarray) -> int:
+        self.real.add_rows(torch.from_numpy(rows))
+        self.real_added += rows.shape[0]
+        return self.real_added
+
+    def add_model(self, rows: np.ndarray) -> int:
+        self.model.add_rows(torch.from_numpy(rows))
+        self.model_added += rows.shape[0]
+        return self.model_added
+
+    def resize_model(self, capacity: int) -> None:
+        self.model.resize(capacity)
+
+    def grow_real(self, capacity: int) -> None:
+        self.real.resize(max(capacity, self.real.capacity))
+
+    @staticmethod
+    def _since(buffer: ReplayBuffer, added: int, cursor: int) -> np.ndarray:
+        new = min(added - cursor, len(buffer))
+        return buffer.rows_in_order()[len(buffer) - new:].numpy().copy() if new > 0 else \
+            np.zeros((0, buffer.width), np.float32)
+
+    def env_since(self, cursor: int) -> Tuple[np.ndarray, int, int]:
+        """Rows added to D_env after the first ``cursor`` ones (at most its capacity)."""
+        return self._since(self.real, self.real_added, cursor), self.real_added, self.real.capacity
+
+    def model_since(self, cursor: int) -> Tuple[np.ndarray, int, int]:
+        return self._since(self.model, self.model_added, cursor), self.model_added, self.model.capacity
+
+    def all_env(self) -> np.ndarray:
+        return self.real.rows_in_order().numpy().copy()
+
+    def sample_env_obs(self, n: int) -> np.ndarray:
+        return self.real.sample(n)[0].numpy().copy()
+
+    def sizes(self) -> Dict[str, int]:
+        return {"real": len(self.real), "model": len(self.model), "real_added": self.real_added,
+                "model_added": self.model_added, "model_capacity": self.model.capacity}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"real": self.real.state_dict(), "model": self.model.state_dict(),
+                "real_added": self.real_added, "model_added": self.model_added,
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.real.load_state_dict(state["real"])
+        self.model.load_state_dict(state["model"])
+        self.real_added, self.model_added = state["real_added"], state["model_added"]
+        torch.set_rng_state(state["torch_rng"])
+
+
+def rows_to_fit_data(rows: torch.Tensor, obs_dim: int, act_dim: int):
+    o, a = obs_dim, act_dim
+    obs, act, rew, next_obs = rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1]
+    return torch.cat([obs, act], dim=-1), torch.cat([rew[:, None], next_obs - obs], dim=-1)
+
+
+class ModelTrainer(Role):
+    """Refits the ensemble on D_env; each fit publishes a new weights version."""
+
+    def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,
+                 gpus: float = 0.0):
+        set_threads(cpus)
+        torch.manual_seed(seed)
+        self.device = actor_device(cfg, gpus)
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
+        self.trainer = EnsembleTrainer(self.model, cfg.model)
+        self.version = 0
+
+    def fit(self, rows: np.ndarray) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        start = time.perf_counter()
+        inputs, targets = rows_to_fit_data(torch.from_numpy(rows).to(self.device), self.obs_dim, self.act_dim)
+        metrics = self.trainer.fit(inputs, targets)
+        self.version += 1
+        metrics["model/version"] = self.version
+        metrics["model/actor_seconds"] = time.perf_counter() - start
+        return metrics, self.weights()
+
+    def weights(self) -> Dict[str, Any]:
+        return {"version": self.version,
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+
+    def load_weights(self, weights: Dict[str, Any]) -> None:
+        self.model.load_state_dict(weights["model"])
+        self.version = weights["version"]
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"weights": self.weights(), "trainer": self.trainer.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.load_weights(state["weights"])
+        self.trainer.load_state_dict(state["trainer"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+class RolloutWorker(Role):
+    """Branched rollouts (``mbpo_ray.rollout.branched_rollout``) with given model and policy
+    weights, from given start states; the transitions go straight to the buffer actor."""
+
+    def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,
+                 gpus: float = 0.0):
+        set_threads(cpus)
+        torch.manual_seed(seed)
+        self.device = actor_device(cfg, gpus)
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
+        self.policy = TanhGaussianPolicy(obs_dim, act_dim, cfg.sac.hidden_width,
+                                         cfg.sac.num_hidden_layers).to(self.device)
+        self.termination = termination_fn(cfg.env_id)
+
+    def generate(self, model_weights: Dict[str, Any], policy: Dict[str, Any], start_obs: np.ndarray,
+                 k: int, buffer) -> Dict[str, float]:
+        import ray
+
+        start = time.perf_counter()
+        self.model.load_state_dict(model_weights["model"])
+        self.policy.load_state_dict(policy["weights"])
+        out = ReplayBuffer(self.obs_dim, self.act_dim, max(1, start_obs.shape[0] * k), self.device)
+        metrics = branched_rollout(self.model, self.policy, torch.from_numpy(start_obs).to(self.device),
+                                   k, self.termination, out)
+        ray.get(buffer.add_model.remote(out.rows_in_order().cpu().numpy()))
+        metrics["rollout/model_version"] = model_weights["version"]
+        metrics["rollout/policy_version"] = policy["version"]
+        metrics["seconds"] = time.perf_counter() - start
+        return metrics
+
+
+class Learner(Role):
+    """SAC on its own device, sampling from a local replica of D_env and D_model that it
+    refreshes from the buffer actor in large slices (never one batch per remote call)."""
+
+    def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,
+                 gpus: float = 0.0):
+        set_threads(cpus)
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.device = actor_device(cfg, gpus)
+        self.agent = SAC(obs_dim, act_dim, cfg.sac, self.device)
+        self.real = ReplayBuffer(obs_dim, act_dim, min(cfg.sac.replay_size, cfg.total_steps), self.device)
+        self.model = ReplayBuffer(obs_dim, act_dim, 1, self.device)
+        self.real_cursor = self.model_cursor = 0
+        self.version = 0
+        self.updates = 0
+        self._metric_sum = torch.zeros(len(METRIC_NAMES), device=self.device)
+        self._metric_count = 0
+
+    def _refresh(self, buffer) -> None:
+        import ray
+
+        (real_rows, self.real_cursor, real_cap), (model_rows, self.model_cursor, model_cap) = ray.get(
+            [buffer.env_since.remote(self.real_cursor), buffer.model_since.remote(self.model_cursor)])
+        if real_cap != self.real.capacity:
+            self.real.resize(real_cap)
+        self.real.add_rows(torch.from_numpy(real_rows).to(self.device))
+        if model_cap != self.model.capacity:
+            self.model.resize(model_cap)
+        self.model.add_rows(torch.from_numpy(model_rows).to(self.device))
+
+    def update(self, num_updates: int, real_ratio: float, buffer) -> Dict[str, Any]:
+        start = time.perf_counter()
+        self._refresh(buffer)
+        batch_size = self.cfg.sac.batch_size
+        for _ in range(num_updates):
+            batch = sample_mixed(self.real, self.model, batch_size, real_ratio)
+            self._metric_sum += self.agent.update(*batch)
+        self._metric_count += num_updates
+        self.updates += num_updates
+        if num_updates:
+            self.version += 1
+        return {"version": self.version, "updates": num_updates, "seconds": time.perf_counter() - start}
+
+    def policy(self) -> Dict[str, Any]:
+        return {"version": self.version, "weights": policy_weights(self.agent.policy)}
+
+    def agent_metrics(self) -> Dict[str, float]:
+        if self._metric_count == 0:
+            return {}
+        out = SAC.metrics_to_dict(self._metric_sum / self._metric_count)
+        out["train/updates"] = self._metric_count
+        self._metric_sum.zero_()
+        self._metric_count = 0
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        # The replica is not saved: it is rebuilt from the buffer actor on resume.
+        return {"agent": self.agent.full_state_dict(), "version": self.version, "updates": self.updates,
+                "metric_sum": self._metric_sum.cpu(), "metric_count": self._metric_count,
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.agent.load_full_state_dict(state["agent"])
+        self.version, self.updates = state["version"], state["updates"]
+        self._metric_sum = state["metric_sum"].to(self.device)
+        self._metric_count = state["metric_count"]
+        torch.set_rng_state(state["torch_rng"])
+

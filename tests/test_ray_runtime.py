@@ -1,0 +1,165 @@
+"""The Ray runtime on a real local Ray cluster (one per module): the sync schedule keeps the
+local runtime's order and ratios, async keeps the update ratio within its bounds, killed actors
+are replaced without losing transitions, resume restores the buffer actor, and a config that asks
+for resources the cluster lacks stops at once."""
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from mbpo_ray.algos import make_algorithm  # noqa: E402
+from mbpo_ray.cli import main  # noqa: E402
+from mbpo_ray.config import ConfigError  # noqa: E402
+from mbpo_ray.run_dir import RunDirectory  # noqa: E402
+from mbpo_ray.train import train  # noqa: E402
+
+SCHEDULE_KEYS = ("train/updates", "rollout/k", "rollout/start_states")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # Logical CPUs: the actor group asks for 1 + 2 + 1 + 1 (collector, rollout workers,
+    # model trainer, learner); they mostly wait on each other in these tests.
+    ray.init(num_cpus=6, object_store_memory=128 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_config(tiny_config):
+    def make(**extra):
+        overrides = {"runtime": "ray", "ray.num_rollout_workers": 2, "ray.collector_chunk": 50}
+        overrides.update(extra)
+        return tiny_config(**overrides)
+    return make
+
+
+def schedule_of(records):
+    return [{**{k: r.get(k) for k in ("env_steps",) + SCHEDULE_KEYS}, "fitted": "model/holdout_mse" in r}
+            for r in records]
+
+
+def run_steps(algo, until):
+    records = []
+    while algo.env_steps < until:
+        record = algo.step()
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def buffer_sizes(algo):
+    return ray.get(algo.runtime.buffer.sizes.remote())
+
+
+def test_sync_schedule_matches_local_runtime(ray_config, tiny_config, tmp_path, ray_cluster, single_thread):
+    train(tiny_config(), str(tmp_path / "local"), progress=False)
+    train(ray_config(), str(tmp_path / "ray"), progress=False)
+    local = RunDirectory(tmp_path / "local").read_metrics()
+    remote = RunDirectory(tmp_path / "ray").read_metrics()
+    # the same epochs, SAC updates, model fits, k and start states, epoch by epoch
+    assert schedule_of(remote) == schedule_of(local)
+    assert [r["rollout/model_buffer_size"] for r in remote if "rollout/k" in r] == \
+        [r["rollout/model_buffer_size"] for r in local if "rollout/k" in r]
+    last = remote[-1]
+    for key in ("perf/collector_env_steps_per_s", "perf/learner_updates_per_s",
+                "perf/rollout_transitions_per_s_per_worker", "perf/collector_policy_lag"):
+        assert last[key] >= 0, key
+    assert last["perf/collector_policy_lag"] == 0  # sync: every step acts with the newest policy
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "curve.png"):
+        assert (tmp_path / "ray" / name).exists()
+
+
+@pytest.mark.parametrize("role", ["collector", "rollout_worker", "model_trainer"])
+def test_sync_run_survives_a_killed_actor(role, ray_config, tmp_path, ray_cluster, single_thread):
+    cfg = ray_config()
+    algo = make_algorithm(cfg, "cpu", tmp_path)
+    try:
+        run_steps(algo, 250)  # mid-epoch; the next fit and rollouts come at step 300
+        victim = {"collector": algo.runtime.collectors[0], "rollout_worker": algo.runtime.rollout_workers[1],
+                  "model_trainer": algo.runtime.model_trainer}[role]
+        ray.kill(victim)
+        records = run_steps(algo, cfg.total_steps)
+        assert algo.env_steps == cfg.total_steps
+        assert algo.runtime.restarts == {role: 1}
+        assert records[-1]["perf/actor_restarts"] == 1
+        # every transition the collectors produced reached D_env once: nothing lost or repeated
+        assert buffer_sizes(algo)["real_added"] == cfg.total_steps
+        assert records[-1]["model/version"] >= 3  # fits went on after the kill
+    finally:
+        algo.close()
+
+
+def test_async_run_survives_killed_collector_and_trainer(ray_config, tmp_path, ray_cluster, single_thread):
+    cfg = ray_config(**{"ray.schedule": "async", "ray.num_collectors": 2})
+    algo = make_algorithm(cfg, "cpu", tmp_path)
+    try:
+        run_steps(algo, 300)  # calls are in flight now
+        ray.kill(algo.runtime.collectors[1])
+        ray.kill(algo.runtime.model_trainer)
+        records = run_steps(algo, cfg.total_steps)
+        assert algo.env_steps == cfg.total_steps
+        assert sum(algo.runtime.restarts.values()) >= 2
+        # a killed collector's unfinished chunk never reached the buffer actor and was redone
+        assert buffer_sizes(algo)["real_added"] == cfg.total_steps
+        assert records[-1]["model/version"] >= 2
+    finally:
+        algo.close()
+
+
+def test_async_keeps_updates_per_env_step_within_bounds(ray_config, tmp_path, ray_cluster, single_thread):
+    # G = 2 (tiny config); allow the learner to fall to 1 update per env step
+    cfg = ray_config(**{"ray.schedule": "async", "ray.min_updates_per_step": 1.0, "ray.learner_chunk": 20})
+    train(cfg, str(tmp_path / "run"), progress=False)
+    records = RunDirectory(tmp_path / "run").read_metrics()
+    assert [r["env_steps"] for r in records] == [200, 400, 600]
+    total = records[-1]["perf/updates_per_env_step_total"]
+    assert 1.0 <= total <= 2.0, total
+    for r in records[1:]:
+        assert "perf/collector_policy_lag" in r and "perf/learner_updates_per_s" in r
+        assert r["perf/updates_per_env_step"] <= 2.0 + 1e-9
+    assert records[-1]["model/version"] >= 2 and records[-1]["rollout/transitions"] > 0
+
+
+@pytest.mark.parametrize("schedule", ["sync", "async"])
+def test_resume_restores_buffer_actor(schedule, ray_config, tmp_path, ray_cluster, single_thread):
+    cfg = ray_config(**{"ray.schedule": schedule})
+    out = tmp_path / "run"
+    part = train(cfg, str(out), progress=False, stop_at=350)
+    assert not part.completed
+    saved = RunDirectory(out).load_checkpoint()
+    saved_real = saved["algorithm"]["runtime"]["buffer"]["real_added"]
+    assert saved["env_steps"] == saved_real >= 350
+    # a fresh actor group takes the buffer actor's contents from the checkpoint
+    algo = make_algorithm(cfg, "cpu", out)
+    try:
+        algo.load_state_dict(saved["algorithm"])
+        assert buffer_sizes(algo)["real_added"] == saved_real
+        assert buffer_sizes(algo)["model"] == len(saved["algorithm"]["runtime"]["buffer"]["model"]["rows"])
+    finally:
+        algo.close()
+    done = train(RunDirectory(out).load_config(), str(out), resume=True, progress=False)
+    assert done.completed and done.env_steps == cfg.total_steps
+    assert [r["env_steps"] for r in RunDirectory(out).read_metrics()] == [200, 400, 600]
+
+
+def test_missing_gpu_stops_at_once_and_writes_nothing(ray_config, tmp_path, ray_cluster, capsys):
+    cfg = ray_config(**{"ray.learner_gpus": 1})
+    with pytest.raises(ConfigError, match="GPU: needs 1, the cluster has 0"):
+        train(cfg, str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+    out = tmp_path / "cli"
+    code = main(["train", "--env", "InvertedPendulum-v5", "--out", str(out), "--runtime", "ray",
+                 "--set", "ray.model_trainer_gpus=2", "--device", "cpu"])
+    assert code == 2
+    assert "GPU: needs 2" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_ray_config_names_the_field(ray_config):
+    with pytest.raises(ConfigError, match="ray.schedule='fast'.*sync, async"):
+        ray_config(**{"ray.schedule": "fast"})
+    with pytest.raises(ConfigError, match="ray.collector_chunk=30.*divisor of mbpo.epoch_length"):
+        ray_config(**{"ray.collector_chunk": 30})
+    with pytest.raises(ConfigError, match="runtime=.*local for algo=pets"):
+        ray_config(algo="pets")
