@@ -437,6 +437,7 @@ class AsyncMBPOLoop(MBPOLoop):
         self.inflight: Dict[Any, Tuple[str, Any]] = {}
         self.launched_steps = self.state.env_steps
         self.idle_collectors = set(range(len(runtime.collectors)))
+        self.last_launch: Dict[int, int] = {}  # collectors take turns
         self.learner_busy = False
         self.fit_busy = False
         self.rollouts_pending: List[Dict[str, float]] = []
@@ -467,7 +468,7 @@ class AsyncMBPOLoop(MBPOLoop):
         # collectors, unless the learner is more than one chunk per collector behind
         slack = self.min_ratio * cfg.ray.collector_chunk * len(rt.collectors)
         behind = self.min_ratio * self._since_warmup(self.launched_steps) - sched["updates"]
-        for index in sorted(self.idle_collectors):
+        for index in sorted(self.idle_collectors, key=lambda i: self.last_launch.get(i, -1)):
             remaining = cfg.total_steps - self.launched_steps
             if remaining <= 0 or behind > slack:
                 break
@@ -478,6 +479,7 @@ class AsyncMBPOLoop(MBPOLoop):
             behind = self.min_ratio * self._since_warmup(self.launched_steps) - sched["updates"]
 
     def _launch_collect(self, index: int, n: int, num_random: int) -> None:
+        self.last_launch[index] = self.launched_steps
         ref = self.runtime.launch_collect(index, n, num_random)
         self.inflight[ref] = ("collect", (index, n, num_random))
         self.idle_collectors.discard(index)
