@@ -23,6 +23,8 @@ from mbpo_ray.errors import ConfigError
 # baselines of REFERENCE.md section 7. rllib-sac: RLlib's SAC as an external reference.
 ALGOS = ("mbpo", "sac", "pets", "steve", "rllib-sac")
 PROPAGATIONS = ("ts-inf", "ts-1", "expectation")
+RUNTIMES = ("local", "ray")
+SCHEDULES = ("sync", "async")
 
 
 @dataclass
@@ -113,6 +115,48 @@ class STEVEConfig:
     num_dynamics: int = 4
     num_reward: int = 4
     num_done: int = 4
+    # The dynamics, reward and done ensembles (fit inside each update, with SiLU layers).
+    model_hidden_width: int = 200
+    model_num_hidden_layers: int = 3
+    model_learning_rate: float = 1e-3
+
+
+@dataclass
+class RayConfig:
+    """The Ray runtime (DESIGN.md section 2): one run as a group of actors."""
+
+    # Ray cluster to join ("auto", "ray://host:10001", ...); None: RAY_ADDRESS if set, else
+    # start Ray in-process on this machine.
+    address: Optional[str] = None
+    # sync: the paper's order and ratios, step for step; async: collection, model fitting,
+    # rollouts and SAC updates overlap, with a rate limiter on updates per env step.
+    schedule: str = "sync"
+    num_collectors: int = 1
+    num_rollout_workers: int = 2
+    # Logical resources each actor asks Ray for. GPUs: the model trainer and the learner take
+    # theirs from Ray's assignment; a run asking for more than the cluster has stops at once.
+    collector_cpus: float = 1.0
+    rollout_worker_cpus: float = 1.0
+    rollout_worker_gpus: float = 0.0
+    model_trainer_cpus: float = 1.0
+    model_trainer_gpus: float = 0.0
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    buffer_cpus: float = 0.0
+    # A custom Ray resource that collectors and rollout workers require (e.g. one that only
+    # worker nodes advertise), to keep them off the head node. None: anywhere.
+    worker_node_resource: Optional[str] = None
+    # In-process start only: object store size.
+    object_store_mb: int = 512
+    # Times the driver recreates a dead collector, rollout worker or model trainer.
+    max_actor_restarts: int = 5
+    # async: env steps per collector call, and the bounds of the rate limiter on SAC updates
+    # per env step (None: mbpo.updates_per_step, i.e. the paper's G, as the upper bound; the
+    # collectors wait when the learner falls below the lower bound).
+    collector_chunk: int = 50
+    learner_chunk: int = 100
+    min_updates_per_step: Optional[float] = None
+    max_updates_per_step: Optional[float] = None
 
 
 @dataclass
@@ -128,11 +172,14 @@ class TrainConfig:
     torch_threads: Optional[int] = None
     eval_episodes: int = 5
     checkpoint_every_epochs: int = 1
+    # local: one process; ray: MBPO as a group of Ray actors (see RayConfig).
+    runtime: str = "local"
     model: ModelConfig = field(default_factory=ModelConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     mbpo: MBPOConfig = field(default_factory=MBPOConfig)
     pets: PETSConfig = field(default_factory=PETSConfig)
     steve: STEVEConfig = field(default_factory=STEVEConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # --- presets from the paper's released code (REFERENCE.md section 2) -------------------------
@@ -190,7 +237,9 @@ ALGO_PRESETS: Dict[str, Dict[str, Any]] = {
     "mbpo": {},
     "sac": {"mbpo.real_ratio": 1.0, "mbpo.updates_per_step": 1},
     # PETS: an ensemble of 5 probabilistic networks, all of them used by the planner.
-    "pets": {"model.num_members": 5, "model.num_elites": 5},
+    # Batch 32: the PETS code's ensemble training batch; 256 leaves a single gradient step
+    # per epoch on the few hundred transitions of the first episodes.
+    "pets": {"model.num_members": 5, "model.num_elites": 5, "model.batch_size": 32},
     "steve": {"mbpo.real_ratio": 1.0, "mbpo.updates_per_step": 1},
     "rllib-sac": {"mbpo.real_ratio": 1.0, "mbpo.updates_per_step": 1},
 }
@@ -418,6 +467,28 @@ def validate(cfg: TrainConfig) -> None:
              b.min_real_before_updates, "at least 1")
 
 
+    _require(cfg.runtime in RUNTIMES, "runtime", cfg.runtime, f"one of {', '.join(RUNTIMES)}")
+    _require(cfg.runtime == "local" or cfg.algo in ("mbpo", "sac"), "runtime", cfg.runtime,
+             f"local for algo={cfg.algo} (the ray runtime runs mbpo and sac)")
+    r = cfg.ray
+    _require(r.schedule in SCHEDULES, "ray.schedule", r.schedule, f"one of {', '.join(SCHEDULES)}")
+    _require(r.num_collectors >= 1, "ray.num_collectors", r.num_collectors, "at least 1")
+    _require(r.num_rollout_workers >= 1, "ray.num_rollout_workers", r.num_rollout_workers, "at least 1")
+    for name in ("collector_cpus", "rollout_worker_cpus", "rollout_worker_gpus", "model_trainer_cpus",
+                 "model_trainer_gpus", "learner_cpus", "learner_gpus", "buffer_cpus"):
+        _require(getattr(r, name) >= 0, f"ray.{name}", getattr(r, name), "a non-negative number")
+    _require(r.object_store_mb >= 64, "ray.object_store_mb", r.object_store_mb, "at least 64")
+    _require(r.max_actor_restarts >= 0, "ray.max_actor_restarts", r.max_actor_restarts,
+             "a non-negative integer")
+    _require(r.collector_chunk >= 1 and b.epoch_length % r.collector_chunk == 0, "ray.collector_chunk",
+             r.collector_chunk, f"a divisor of mbpo.epoch_length ({b.epoch_length})")
+    _require(r.learner_chunk >= 1, "ray.learner_chunk", r.learner_chunk, "at least 1")
+    low = r.min_updates_per_step
+    high = b.updates_per_step if r.max_updates_per_step is None else r.max_updates_per_step
+    _require(high >= 0, "ray.max_updates_per_step", r.max_updates_per_step, "null or non-negative")
+    _require(low is None or 0 <= low <= high, "ray.min_updates_per_step", low,
+             f"null or within [0, max updates per step = {high}]")
+
     p = cfg.pets
     _require(p.horizon >= 1, "pets.horizon", p.horizon, "at least 1")
     _require(p.population >= 2, "pets.population", p.population, "at least 2")
@@ -436,6 +507,14 @@ def validate(cfg: TrainConfig) -> None:
     _require(v.horizon >= 0, "steve.horizon", v.horizon, "a non-negative integer")
     for name in ("num_q", "num_dynamics", "num_reward", "num_done"):
         _require(getattr(v, name) >= 1, f"steve.{name}", getattr(v, name), "at least 1")
+    _require(v.model_hidden_width >= 1, "steve.model_hidden_width", v.model_hidden_width, "at least 1")
+    _require(v.model_num_hidden_layers >= 1, "steve.model_num_hidden_layers",
+             v.model_num_hidden_layers, "at least 1")
+    _require(v.model_learning_rate > 0, "steve.model_learning_rate", v.model_learning_rate,
+             "a positive number")
+    # STEVE learns from real transitions only (its models expand the TD target instead).
+    _require(cfg.algo != "steve" or b.real_ratio == 1.0, "mbpo.real_ratio", b.real_ratio,
+             "1 with algo steve (STEVE has no model buffer)")
 
 
 def resolve_device(name: str):
