@@ -5,12 +5,23 @@
     RUN/checkpoint.pt    the latest checkpoint (written atomically)
     RUN/curve.png        eval return against env steps
 
-Metric keys (documented once, here):
-    train/   SAC losses, temperature, entropy, Q; returns of finished training episodes
-    model/   ensemble fit: train loss, holdout MSE (elites and all), epochs, seconds, failures
-    rollout/ branched rollouts: k, start states, transitions, terminated fraction, non-finite
-    eval/    deterministic-policy return (mean/std/min/max) and episode length
-    perf/    sps (env steps per wall second), seconds per phase, wall clock
+Metric keys (documented once, here). Every algorithm writes env_steps, epoch and eval/*:
+    train/   SAC losses, temperature, entropy, Q, updates; returns of finished training
+             episodes. STEVE adds dynamics/reward/done losses, target_mean and steve_weight_i
+             (mean weight of candidate T_i); PETS adds plan_cost and plan_iterations; rllib-sac
+             reports RLlib's learner stats (q_loss_huber: RLlib's critic loss is a Huber loss)
+    model/   ensemble fit: train loss, holdout MSE (elites and all), epochs, seconds, failures;
+             fits (PETS), version (Ray runtime: the published weights' version)
+    rollout/ branched rollouts: k, start states, transitions, terminated fraction, non-finite;
+             model_version_lag (Ray runtime)
+    eval/    deterministic-policy return (mean/std/min/max) and episode length; PETS: the
+             planner's own episodes of the epoch, with eval/episodes their count
+    perf/    sps (env steps per wall second), seconds per phase, wall clock. Ray runtime:
+             collector_env_steps_per_s, learner_updates_per_s,
+             rollout_transitions_per_s_per_worker (each measured inside the actor),
+             collector_policy_lag(_max) (learner policy version minus the version a collector
+             acted with), actor_restarts; async also updates_per_env_step (this epoch),
+             updates_per_env_step_total and driver_wait_seconds
 """
 from __future__ import annotations
 

@@ -169,3 +169,41 @@ def test_bad_ray_config_names_the_field(ray_config):
         ray_config(**{"ray.collector_chunk": 30})
     with pytest.raises(ConfigError, match="runtime=.*local for algo=pets"):
         ray_config(algo="pets")
+
+
+def test_killed_driver_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL the driver process (no chance to save anything), then `--resume DIR`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    settings = ["--set", "mbpo.epoch_length=100", "--set", "mbpo.init_random_steps=100",
+                "--set", "mbpo.model_train_freq=100", "--set", "mbpo.rollout_batch_size=500",
+                "--set", "mbpo.updates_per_step=1", "--set", "model.hidden_width=16",
+                "--set", "model.max_fit_epochs=2", "--set", "sac.hidden_width=16", "--set", "eval_episodes=1",
+                "--set", "ray.num_rollout_workers=1", "--set", "ray.collector_chunk=50"]
+    cmd = [sys.executable, "-m", "mbpo_ray", "train", "--env", "InvertedPendulum-v5", "--steps", "100000",
+           "--seed", "0", "--out", str(out), "--no-progress", "--device", "cpu", "--runtime", "ray", *settings]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = RunDirectory(out)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(run.read_metrics()) < 3 and proc.poll() is None:
+        time.sleep(0.5)
+    assert len(run.read_metrics()) >= 3, proc.stderr.read() if proc.poll() is not None else "too slow"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = run.load_checkpoint()
+    stopped_at = saved["env_steps"]
+    assert saved["algorithm"]["runtime"]["buffer"]["real_added"] == stopped_at >= 200
+    done = subprocess.run([sys.executable, "-m", "mbpo_ray", "train", "--resume", str(out),
+                           "--steps", str(stopped_at + 200), "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = run.load_checkpoint()
+    assert final["env_steps"] == stopped_at + 200
+    # D_env came back from the checkpoint and grew by exactly the new steps
+    assert final["algorithm"]["runtime"]["buffer"]["real_added"] == stopped_at + 200
+    steps = [r["env_steps"] for r in run.read_metrics()]
+    assert steps == list(range(100, stopped_at + 201, 100))
