@@ -103,12 +103,16 @@ class EnvCollector(Role):
             self.episode_return, self.episode_length = 0.0, 0
         return row, finished
 
-    def collect(self, num_steps: int, num_random: int, buffer) -> Dict[str, Any]:
+    def collect(self, num_steps: int, num_random: int, buffer,
+                policy: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """``num_steps`` env steps (the first ``num_random`` with uniform random actions), then
-        push them all to the buffer actor and wait until it has them."""
+        push them all to the buffer actor and wait until it has them. ``policy``: newer
+        weights to act with, passed along with the call (one remote call per chunk)."""
         import ray
 
         start = time.perf_counter()
+        if policy is not None:
+            self.set_policy(policy)
         rows, finished = [], []
         for i in range(num_steps):
             row, ret = self._step(i < num_random)
@@ -167,12 +171,12 @@ class BufferActor(Role):
         return buffer.rows_in_order()[len(buffer) - new:].numpy().copy() if new > 0 else \
             np.zeros((0, buffer.width), np.float32)
 
-    def env_since(self, cursor: int) -> Tuple[np.ndarray, int, int]:
-        """Rows added to D_env after the first ``cursor`` ones (at most its capacity)."""
-        return self._since(self.real, self.real_added, cursor), self.real_added, self.real.capacity
-
-    def model_since(self, cursor: int) -> Tuple[np.ndarray, int, int]:
-        return self._since(self.model, self.model_added, cursor), self.model_added, self.model.capacity
+    def since(self, real_cursor: int, model_cursor: int):
+        """The rows added to D_env and to D_model after the first ``real_cursor`` and
+        ``model_cursor`` ones (at most each buffer's capacity), with the new cursors and the
+        capacities: one call refreshes a replica."""
+        return ((self._since(self.real, self.real_added, real_cursor), self.real_added, self.real.capacity),
+                (self._since(self.model, self.model_added, model_cursor), self.model_added, self.model.capacity))
 
     def all_env(self) -> np.ndarray:
         return self.real.rows_in_order().numpy().copy()
@@ -297,7 +301,7 @@ class Learner(Role):
         import ray
 
         (real_rows, self.real_cursor, real_cap), (model_rows, self.model_cursor, model_cap) = ray.get(
-            [buffer.env_since.remote(self.real_cursor), buffer.model_since.remote(self.model_cursor)])
+            buffer.since.remote(self.real_cursor, self.model_cursor))
         if real_cap != self.real.capacity:
             self.real.resize(real_cap)
         self.real.add_rows(torch.from_numpy(real_rows).to(self.device))
@@ -305,7 +309,10 @@ class Learner(Role):
             self.model.resize(model_cap)
         self.model.add_rows(torch.from_numpy(model_rows).to(self.device))
 
-    def update(self, num_updates: int, real_ratio: float, buffer) -> Dict[str, Any]:
+    def update(self, num_updates: int, real_ratio: float, buffer) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """Refresh the replica, do ``num_updates`` SAC updates; returns (info, the policy as
+        ``policy()`` gives it): called with num_returns=2, the driver reads only the info and
+        hands the policy on by reference."""
         start = time.perf_counter()
         self._refresh(buffer)
         batch_size = self.cfg.sac.batch_size
@@ -316,7 +323,8 @@ class Learner(Role):
         self.updates += num_updates
         if num_updates:
             self.version += 1
-        return {"version": self.version, "updates": num_updates, "seconds": time.perf_counter() - start}
+        return ({"version": self.version, "updates": num_updates, "seconds": time.perf_counter() - start},
+                self.policy())
 
     def policy(self) -> Dict[str, Any]:
         return {"version": self.version, "weights": policy_weights(self.agent.policy)}

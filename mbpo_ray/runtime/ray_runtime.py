@@ -199,11 +199,11 @@ class RayRuntime:
     # --- collection ---
     def launch_collect(self, index: int, num_steps: int, num_random: int):
         """Start a collect call (refreshing the collector's policy first if it is stale)."""
-        collector = self.collectors[index]
+        policy = None
         if index in self.stale_collectors and self.policy_ref is not None:
-            collector.set_policy.remote(self.policy_ref)  # runs before the collect below
+            policy = self.policy_ref  # Ray hands the weights over with the call
             self.stale_collectors.discard(index)
-        return collector.collect.remote(num_steps, num_random, self.buffer)
+        return self.collectors[index].collect.remote(num_steps, num_random, self.buffer, policy)
 
     def collect(self, index: int, num_steps: int, num_random: int) -> Dict[str, Any]:
         out = self.with_restart("collector", index, lambda _: self.launch_collect(index, num_steps, num_random))
@@ -216,8 +216,8 @@ class RayRuntime:
         if self.policy_version > 0 and out["policy_version"] >= 0:
             self._perf.lags.append(self.policy_version - out["policy_version"])
 
-    def publish_policy(self, version: int) -> None:
-        self.policy_ref = self.learner.policy.remote()
+    def publish_policy(self, version: int, policy_ref=None) -> None:
+        self.policy_ref = policy_ref if policy_ref is not None else self.learner.policy.remote()
         self.policy_version = version
         self.stale_collectors = set(range(len(self.collectors)))
 
@@ -301,14 +301,18 @@ class RayRuntime:
     def update_agent(self, num_updates: int, real_ratio: float) -> None:
         import ray
 
-        out = ray.get(self.learner.update.remote(num_updates, real_ratio, self.buffer))
-        self.record_update(out)
+        info_ref, policy_ref = self.launch_update(num_updates, real_ratio)
+        self.record_update(ray.get(info_ref), policy_ref)
 
-    def record_update(self, out: Dict[str, Any]) -> None:
+    def launch_update(self, num_updates: int, real_ratio: float):
+        """Start SAC updates; returns refs to (info, published policy)."""
+        return self.learner.update.options(num_returns=2).remote(num_updates, real_ratio, self.buffer)
+
+    def record_update(self, out: Dict[str, Any], policy_ref) -> None:
         self._perf.updates += out["updates"]
         self._perf.update_seconds += out["seconds"]
         if out["updates"]:
-            self.publish_policy(out["version"])
+            self.publish_policy(out["version"], policy_ref)
 
     def agent_metrics(self) -> Dict[str, float]:
         import ray
@@ -324,7 +328,7 @@ class RayRuntime:
         """The latest published policy, deterministic, in the driver's own eval env."""
         import ray
 
-        policy = ray.get(self.learner.policy.remote())
+        policy = ray.get(self.policy_ref if self.policy_ref is not None else self.learner.policy.remote())
         self.eval_policy.load_state_dict(policy["weights"])
 
         def act(obs):
@@ -462,8 +466,8 @@ class AsyncMBPOLoop(MBPOLoop):
         if (not self.learner_busy and owed >= 1 and self.state.env_steps > b.init_random_steps
                 and rt.real_size() >= b.min_real_before_updates):
             n = min(cfg.ray.learner_chunk, owed)
-            ref = rt.learner.update.remote(n, b.real_ratio, rt.buffer)
-            self.inflight[ref] = ("update", n)
+            info_ref, policy_ref = rt.launch_update(n, b.real_ratio)
+            self.inflight[info_ref] = ("update", policy_ref)
             self.learner_busy = True
         # collectors, unless the learner is more than one chunk per collector behind
         slack = self.min_ratio * cfg.ray.collector_chunk * len(rt.collectors)
@@ -526,7 +530,7 @@ class AsyncMBPOLoop(MBPOLoop):
             st.episode_returns.extend(out["finished_returns"])
             self.idle_collectors.add(index)
         elif kind == "update":
-            rt.record_update(out)
+            rt.record_update(out, info)
             st.schedule["updates"] += out["updates"]
             self.learner_busy = False
         elif kind == "fit":
