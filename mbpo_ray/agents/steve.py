@@ -53,7 +53,7 @@ is the batch-mean weight of T_i), and the target critic follows with one fused l
 from __future__ import annotations
 
 import copy
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import nn

@@ -128,18 +128,20 @@ class MBPO:
     def __init__(self, cfg: TrainConfig, device, run_path=None):
         self.cfg = cfg
         self.title = "SAC" if cfg.algo == "sac" else "MBPO"
+        self.runtime, self.loop_class = self.make_runtime(cfg, device)
+        self.loop = self.loop_class(cfg, self.runtime)
+
+    def make_runtime(self, cfg: TrainConfig, device):
+        """The runtime the loop runs over, and the loop class (the step-by-step MBPOLoop, or
+        the Ray runtime's overlapped one)."""
         if cfg.runtime == "ray":
             from mbpo_ray.runtime.ray_runtime import AsyncMBPOLoop, RayRuntime
 
             self.title += f" (ray, {cfg.ray.schedule})"
-            self.runtime = RayRuntime(cfg)
-            self.loop_class = AsyncMBPOLoop if cfg.ray.schedule == "async" else MBPOLoop
-        else:
-            from mbpo_ray.runtime.local import LocalRuntime
+            return RayRuntime(cfg), (AsyncMBPOLoop if cfg.ray.schedule == "async" else MBPOLoop)
+        from mbpo_ray.runtime.local import LocalRuntime
 
-            self.runtime = LocalRuntime(cfg, device)
-            self.loop_class = MBPOLoop
-        self.loop = self.loop_class(cfg, self.runtime)
+        return LocalRuntime(cfg, device), MBPOLoop
 
     @property
     def env_steps(self) -> int:

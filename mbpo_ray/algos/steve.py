@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mbpo_ray.agents.steve import STEVELearner
-from mbpo_ray.algos.mbpo import MBPOLoop
+from mbpo_ray.algos.mbpo import MBPO, MBPOLoop
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.envs import get_env_state, make_env, set_env_state
@@ -135,31 +135,9 @@ class STEVERuntime:
         self._metric_count = state["metric_count"]
 
 
-class STEVE:
-    title = "STEVE"
+class STEVE(MBPO):
+    """MBPO's loop with no model data (real_ratio 1) over the STEVE runtime above."""
 
-    def __init__(self, cfg: TrainConfig, device, run_path=None):
-        self.cfg = cfg
-        self.runtime = STEVERuntime(cfg, device)
-        self.loop = MBPOLoop(cfg, self.runtime)
-
-    @property
-    def env_steps(self) -> int:
-        return self.loop.state.env_steps
-
-    @property
-    def last_eval(self) -> Optional[float]:
-        return self.loop.state.last_eval
-
-    def step(self) -> Optional[Dict[str, Any]]:
-        return self.loop.step()
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"loop": self.loop.state_dict(), "runtime": self.runtime.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.runtime.load_state_dict(state["runtime"])
-        self.loop = MBPOLoop(self.cfg, self.runtime, MBPOLoop.state_from_dict(state["loop"]))
-
-    def close(self) -> None:
-        pass
+    def make_runtime(self, cfg: TrainConfig, device):
+        self.title = "STEVE"
+        return STEVERuntime(cfg, device), MBPOLoop

@@ -9,7 +9,7 @@ Ray's object store hands between processes on a node without copying.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch

@@ -80,8 +80,6 @@ class RayRuntime:
     """The actor group of one run, and the ``Runtime`` interface over it (sync schedule)."""
 
     def __init__(self, cfg: TrainConfig, device=None):
-        import ray
-
         self.cfg = cfg
         self.started_ray = connect(cfg)
         try:
@@ -233,8 +231,6 @@ class RayRuntime:
         return self.real_count
 
     def fit_model(self) -> Dict[str, float]:
-        import ray
-
         rows = self.buffer.all_env.remote()
 
         def call(trainer):
