@@ -58,7 +58,8 @@ def connect(cfg: TrainConfig) -> bool:
         # Logical CPUs: at least what the actors ask for (an actor mostly waits in the sync
         # schedule, so asking for more than the cores is normal on a laptop).
         cpus = max(os.cpu_count() or 1, int(np.ceil(required_resources(cfg).get("CPU", 1))))
-        ray.init(num_cpus=cpus, object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
+        # address="local": a new instance even when another Ray already runs on this machine
+        ray.init(address="local", num_cpus=cpus, object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
                  include_dashboard=False, log_to_driver=False)
     return True
 

@@ -281,7 +281,9 @@ class RLlibSAC:
         import ray
 
         if not ray.is_initialized():
-            ray.init(num_cpus=1, num_gpus=1 if self.device.type == "cuda" else 0,
+            # address="local": a fresh in-process instance even when another Ray runs on
+            # this machine (without it, ray.init joins that one and refuses num_cpus)
+            ray.init(address="local", num_cpus=1, num_gpus=1 if self.device.type == "cuda" else 0,
                      include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES,
                      log_to_driver=False)
             self._started_ray = True
