@@ -19,7 +19,7 @@ SCHEDULE_KEYS = ("train/updates", "rollout/k", "rollout/start_states")
 def ray_cluster():
     # Logical CPUs: the actor group asks for 1 + 2 + 1 + 1 (collector, rollout workers,
     # model trainer, learner); they mostly wait on each other in these tests.
-    ray.init(num_cpus=6, object_store_memory=128 * 1024 * 1024, include_dashboard=False,
+    ray.init(address="local", num_cpus=6, object_store_memory=128 * 1024 * 1024, include_dashboard=False,
              log_to_driver=False)
     yield
     ray.shutdown()

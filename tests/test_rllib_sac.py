@@ -37,7 +37,7 @@ def small_config(**extra):
 def ray_session():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
                  object_store_memory=rllib_sac.RAY_OBJECT_STORE_BYTES)
     yield
     if started:
