@@ -23,8 +23,8 @@ from mbpo_ray.rollout import branched_rollout
 
 
 def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
-    """The device of an actor: a GPU only when Ray assigned it one (never a hard-coded cuda:0;
-    Ray sets CUDA_VISIBLE_DEVICES so the assigned GPU is cuda:0 inside the actor)."""
+    """The device of an actor: a GPU only when Ray assigned it one. Ray sets
+    CUDA_VISIBLE_DEVICES to the assigned GPU, so "cuda" inside the actor is that GPU."""
     if gpus > 0 and cfg.device in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
