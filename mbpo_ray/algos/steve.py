@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.steve import STEVELearner
 from mbpo_ray.algos.mbpo import MBPO, MBPOLoop
 from mbpo_ray.config import TrainConfig
@@ -44,8 +45,7 @@ class STEVERuntime:
 
         self.obs, _ = self.env.reset(seed=cfg.seed)
         self.episode_return, self.episode_length = 0.0, 0
-        self._metric_sum = torch.zeros(len(self.agent.metric_names), device=device)
-        self._metric_count = 0
+        self.metrics = MetricMean(self.agent.metric_names, device)
 
     # --- env ---
     def env_step(self, random_action: bool) -> Optional[float]:
@@ -86,17 +86,10 @@ class STEVERuntime:
     def update_agent(self, num_updates: int, real_ratio: float) -> None:
         batch_size = self.cfg.sac.batch_size
         for _ in range(num_updates):
-            self._metric_sum += self.agent.update(*self.real_buffer.sample(batch_size))
-        self._metric_count += num_updates
+            self.metrics.add(self.agent.update(*self.real_buffer.sample(batch_size)))
 
     def agent_metrics(self) -> Dict[str, float]:
-        if self._metric_count == 0:
-            return {}
-        out = self.agent.metrics_to_dict(self._metric_sum / self._metric_count)
-        out["train/updates"] = self._metric_count
-        self._metric_sum.zero_()
-        self._metric_count = 0
-        return out
+        return self.metrics.read()
 
     def runtime_metrics(self) -> Dict[str, float]:
         return {}
@@ -117,8 +110,7 @@ class STEVERuntime:
             "obs": np.array(self.obs),
             "episode": (self.episode_return, self.episode_length),
             "action_rng": self.action_rng.bit_generator.state,
-            "metric_sum": self._metric_sum.cpu(),
-            "metric_count": self._metric_count,
+            **self.metrics.state_dict(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -131,8 +123,7 @@ class STEVERuntime:
         self.obs = state["obs"]
         self.episode_return, self.episode_length = state["episode"]
         self.action_rng.bit_generator.state = state["action_rng"]
-        self._metric_sum = state["metric_sum"].to(self.device)
-        self._metric_count = state["metric_count"]
+        self.metrics.load_state_dict(state)
 
 
 class STEVE(MBPO):

@@ -6,7 +6,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from mbpo_ray.agents.sac import SAC
+from mbpo_ray.agents.metrics import MetricMean
+from mbpo_ray.agents.sac import METRIC_NAMES, SAC
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.envs import get_env_state, make_env, set_env_state, termination_fn
@@ -45,8 +46,7 @@ class LocalRuntime:
 
         self.obs, _ = self.env.reset(seed=cfg.seed)
         self.episode_return, self.episode_length = 0.0, 0
-        self._metric_sum = torch.zeros(6, device=device)
-        self._metric_count = 0
+        self.metrics = MetricMean(METRIC_NAMES, device)
 
     # --- env ---
     def env_step(self, random_action: bool) -> Optional[float]:
@@ -90,17 +90,10 @@ class LocalRuntime:
         batch_size = self.cfg.sac.batch_size
         for _ in range(num_updates):
             batch = sample_mixed(self.real_buffer, self.model_buffer, batch_size, real_ratio)
-            self._metric_sum += self.agent.update(*batch)
-        self._metric_count += num_updates
+            self.metrics.add(self.agent.update(*batch))
 
     def agent_metrics(self) -> Dict[str, float]:
-        if self._metric_count == 0:
-            return {}
-        out = SAC.metrics_to_dict(self._metric_sum / self._metric_count)
-        out["train/updates"] = self._metric_count
-        self._metric_sum.zero_()
-        self._metric_count = 0
-        return out
+        return self.metrics.read()
 
     def runtime_metrics(self) -> Dict[str, float]:
         return {}
@@ -124,8 +117,7 @@ class LocalRuntime:
             "obs": np.array(self.obs),
             "episode": (self.episode_return, self.episode_length),
             "action_rng": self.action_rng.bit_generator.state,
-            "metric_sum": self._metric_sum.cpu(),
-            "metric_count": self._metric_count,
+            **self.metrics.state_dict(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -141,5 +133,4 @@ class LocalRuntime:
         self.obs = state["obs"]
         self.episode_return, self.episode_length = state["episode"]
         self.action_rng.bit_generator.state = state["action_rng"]
-        self._metric_sum = state["metric_sum"].to(self.device)
-        self._metric_count = state["metric_count"]
+        self.metrics.load_state_dict(state)

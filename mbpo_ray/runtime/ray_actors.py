@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.sac import METRIC_NAMES, SAC, TanhGaussianPolicy
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
@@ -294,8 +295,7 @@ class Learner(Role):
         self.real_cursor = self.model_cursor = 0
         self.version = 0
         self.updates = 0
-        self._metric_sum = torch.zeros(len(METRIC_NAMES), device=self.device)
-        self._metric_count = 0
+        self.metrics = MetricMean(METRIC_NAMES, self.device)
 
     def _refresh(self, buffer) -> None:
         import ray
@@ -318,8 +318,7 @@ class Learner(Role):
         batch_size = self.cfg.sac.batch_size
         for _ in range(num_updates):
             batch = sample_mixed(self.real, self.model, batch_size, real_ratio)
-            self._metric_sum += self.agent.update(*batch)
-        self._metric_count += num_updates
+            self.metrics.add(self.agent.update(*batch))
         self.updates += num_updates
         if num_updates:
             self.version += 1
@@ -330,24 +329,17 @@ class Learner(Role):
         return {"version": self.version, "weights": policy_weights(self.agent.policy)}
 
     def agent_metrics(self) -> Dict[str, float]:
-        if self._metric_count == 0:
-            return {}
-        out = SAC.metrics_to_dict(self._metric_sum / self._metric_count)
-        out["train/updates"] = self._metric_count
-        self._metric_sum.zero_()
-        self._metric_count = 0
-        return out
+        return self.metrics.read()
 
     def state_dict(self) -> Dict[str, Any]:
         # The replica is not saved: it is rebuilt from the buffer actor on resume.
         return {"agent": self.agent.full_state_dict(), "version": self.version, "updates": self.updates,
-                "metric_sum": self._metric_sum.cpu(), "metric_count": self._metric_count,
+                **self.metrics.state_dict(),
                 "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.agent.load_full_state_dict(state["agent"])
         self.version, self.updates = state["version"], state["updates"]
-        self._metric_sum = state["metric_sum"].to(self.device)
-        self._metric_count = state["metric_count"]
+        self.metrics.load_state_dict(state)
         torch.set_rng_state(state["torch_rng"])
 
