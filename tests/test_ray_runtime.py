@@ -90,6 +90,31 @@ def test_sync_run_survives_a_killed_actor(role, ray_config, tmp_path, ray_cluste
         algo.close()
 
 
+def test_redone_call_does_not_store_its_rows_twice(ray_config, tmp_path, ray_cluster, single_thread):
+    # A collector or rollout worker can die after the buffer actor stored its rows and before
+    # the driver saw the reply; the driver then redoes the call under the same ticket.
+    algo = make_algorithm(ray_config(), "cpu", tmp_path)
+    try:
+        rt = algo.runtime
+        ticket = rt.new_ticket("collector0")
+        first = ray.get(rt.launch_collect(0, 60, 60, ticket))
+        again = ray.get(rt.launch_collect(0, 60, 60, ticket))
+        assert first["real_added"] == again["real_added"] == buffer_sizes(algo)["real_added"] == 60
+        assert again["finished_returns"] == []  # the redone call's episodes were not stored
+        fresh = ray.get(rt.launch_collect(0, 10, 10, rt.new_ticket("collector0")))
+        assert fresh["real_added"] == buffer_sizes(algo)["real_added"] == 70
+        # the same for model rows pushed by a rollout worker
+        starts = ray.get(rt.buffer.sample_env_obs.remote(20))
+        policy = rt.learner.policy.remote()
+        weights = ray.get(rt.model_trainer.weights.remote())
+        ticket = rt.new_ticket("rollout_worker0")
+        for _ in range(2):
+            ray.get(rt.rollout_workers[0].generate.remote(weights, policy, starts, 1, rt.buffer, ticket))
+        assert buffer_sizes(algo)["model_added"] == 20
+    finally:
+        algo.close()
+
+
 def test_async_run_survives_killed_collector_and_trainer(ray_config, tmp_path, ray_cluster, single_thread):
     cfg = ray_config(**{"ray.schedule": "async", "ray.num_collectors": 2})
     algo = make_algorithm(cfg, "cpu", tmp_path)

@@ -104,11 +104,13 @@ class EnvCollector(Role):
             self.episode_return, self.episode_length = 0.0, 0
         return row, finished
 
-    def collect(self, num_steps: int, num_random: int, buffer,
+    def collect(self, num_steps: int, num_random: int, buffer, ticket: Tuple[str, int],
                 policy: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """``num_steps`` env steps (the first ``num_random`` with uniform random actions), then
-        push them all to the buffer actor and wait until it has them. ``policy``: newer
-        weights to act with, passed along with the call (one remote call per chunk)."""
+        push them all to the buffer actor and wait until it has them. ``ticket``: the driver's
+        name for this call, kept when the call is redone, so that a chunk that reached the buffer
+        actor before its collector died is not stored twice. ``policy``: newer weights to act
+        with, passed along with the call (one remote call per chunk)."""
         import ray
 
         start = time.perf_counter()
@@ -120,7 +122,9 @@ class EnvCollector(Role):
             rows.append(row)
             if ret is not None:
                 finished.append(ret)
-        real_added = ray.get(buffer.add_env.remote(np.stack(rows)))
+        real_added, stored = ray.get(buffer.add_env.remote(np.stack(rows), ticket))
+        if not stored:  # a redone call whose chunk is already in D_env: these episodes are not
+            finished = []  # the ones stored, so their returns are not reported either
         return {"finished_returns": finished, "policy_version": self.policy_version,
                 "steps": num_steps, "seconds": time.perf_counter() - start, "real_added": real_added}
 
@@ -149,16 +153,32 @@ class BufferActor(Role):
         self.model = ReplayBuffer(obs_dim, act_dim, 1)
         self.real_added = 0
         self.model_added = 0
+        self.last_ticket: Dict[str, int] = {}
 
-    def add_env(self, rows: np.ndarray) -> int:
+    def _first_time(self, ticket: Tuple[str, int]) -> bool:
+        """Each source (one collector or rollout-worker slot) has one call in flight at a time
+        and the driver numbers calls increasingly, so a ticket not above the source's last one
+        is a redone call whose rows are already stored."""
+        source, number = ticket
+        if number <= self.last_ticket.get(source, -1):
+            return False
+        self.last_ticket[source] = number
+        return True
+
+    def add_env(self, rows: np.ndarray, ticket: Tuple[str, int]) -> Tuple[int, bool]:
+        """Store ``rows`` unless ``ticket`` was stored before; returns (rows ever added, stored)."""
+        if not self._first_time(ticket):
+            return self.real_added, False
         self.real.add_rows(torch.from_numpy(rows))
         self.real_added += rows.shape[0]
-        return self.real_added
+        return self.real_added, True
 
-    def add_model(self, rows: np.ndarray) -> int:
+    def add_model(self, rows: np.ndarray, ticket: Tuple[str, int]) -> Tuple[int, bool]:
+        if not self._first_time(ticket):
+            return self.model_added, False
         self.model.add_rows(torch.from_numpy(rows))
         self.model_added += rows.shape[0]
-        return self.model_added
+        return self.model_added, True
 
     def resize_model(self, capacity: int) -> None:
         self.model.resize(capacity)
@@ -192,12 +212,13 @@ class BufferActor(Role):
     def state_dict(self) -> Dict[str, Any]:
         return {"real": self.real.state_dict(), "model": self.model.state_dict(),
                 "real_added": self.real_added, "model_added": self.model_added,
-                "torch_rng": torch.get_rng_state()}
+                "last_ticket": dict(self.last_ticket), "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.real.load_state_dict(state["real"])
         self.model.load_state_dict(state["model"])
         self.real_added, self.model_added = state["real_added"], state["model_added"]
+        self.last_ticket = dict(state.get("last_ticket", {}))
         torch.set_rng_state(state["torch_rng"])
 
 
@@ -263,7 +284,9 @@ class RolloutWorker(Role):
         self.termination = termination_fn(cfg.env_id)
 
     def generate(self, model_weights: Dict[str, Any], policy: Dict[str, Any], start_obs: np.ndarray,
-                 k: int, buffer) -> Dict[str, float]:
+                 k: int, buffer, ticket: Tuple[str, int]) -> Dict[str, float]:
+        """Branched rollouts from ``start_obs`` pushed to D_model; ``ticket`` as in
+        ``EnvCollector.collect``."""
         import ray
 
         start = time.perf_counter()
@@ -272,7 +295,7 @@ class RolloutWorker(Role):
         out = ReplayBuffer(self.obs_dim, self.act_dim, max(1, start_obs.shape[0] * k), self.device)
         metrics = branched_rollout(self.model, self.policy, torch.from_numpy(start_obs).to(self.device),
                                    k, self.termination, out)
-        ray.get(buffer.add_model.remote(out.rows_in_order().cpu().numpy()))
+        ray.get(buffer.add_model.remote(out.rows_in_order().cpu().numpy(), ticket))
         metrics["rollout/model_version"] = model_weights["version"]
         metrics["rollout/policy_version"] = policy["version"]
         metrics["seconds"] = time.perf_counter() - start

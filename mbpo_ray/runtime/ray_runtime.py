@@ -154,6 +154,7 @@ class RayRuntime:
         self.model_version = 0
         self.real_count = 0
         self.next_collector = 0
+        self.tickets = 0                  # numbers the calls that push rows to the buffer actor
         self._perf = PerfCounters()
 
     def restart(self, role: str, index: int = 0) -> None:
@@ -191,21 +192,28 @@ class RayRuntime:
             except ray.exceptions.RayActorError:
                 self.restart(role, index)
 
+    def new_ticket(self, source: str) -> Tuple[str, int]:
+        """A name for one call that pushes rows to the buffer actor; a redone call keeps it."""
+        self.tickets += 1
+        return source, self.tickets
+
     def actor(self, role: str, index: int = 0):
         return {"collector": lambda: self.collectors[index], "rollout_worker": lambda: self.rollout_workers[index],
                 "model_trainer": lambda: self.model_trainer}[role]()
 
     # --- collection ---
-    def launch_collect(self, index: int, num_steps: int, num_random: int):
+    def launch_collect(self, index: int, num_steps: int, num_random: int, ticket: Tuple[str, int]):
         """Start a collect call (refreshing the collector's policy first if it is stale)."""
         policy = None
         if index in self.stale_collectors and self.policy_ref is not None:
             policy = self.policy_ref  # Ray hands the weights over with the call
             self.stale_collectors.discard(index)
-        return self.collectors[index].collect.remote(num_steps, num_random, self.buffer, policy)
+        return self.collectors[index].collect.remote(num_steps, num_random, self.buffer, ticket, policy)
 
     def collect(self, index: int, num_steps: int, num_random: int) -> Dict[str, Any]:
-        out = self.with_restart("collector", index, lambda _: self.launch_collect(index, num_steps, num_random))
+        ticket = self.new_ticket(f"collector{index}")
+        out = self.with_restart("collector", index,
+                                lambda _: self.launch_collect(index, num_steps, num_random, ticket))
         self.record_collect(index, out)
         return out
 
@@ -252,8 +260,10 @@ class RayRuntime:
             if len(share) == 0:
                 continue
             starts = self.buffer.sample_env_obs.remote(len(share))
-            ref = self.rollout_workers[i].generate.remote(self.model_weights_ref, policy, starts, k, self.buffer)
-            tasks.append((i, ref, (policy, starts, k)))
+            ticket = self.new_ticket(f"rollout_worker{i}")
+            ref = self.rollout_workers[i].generate.remote(self.model_weights_ref, policy, starts, k, self.buffer,
+                                                          ticket)
+            tasks.append((i, ref, (policy, starts, k, ticket)))
         return tasks
 
     def finish_rollout(self, index: int, ref, args) -> Dict[str, float]:
@@ -263,9 +273,9 @@ class RayRuntime:
             out = ray.get(ref)
         except ray.exceptions.RayActorError:
             self.restart("rollout_worker", index)
-            policy, starts, k = args
+            policy, starts, k, ticket = args
             out = self.with_restart("rollout_worker", index, lambda w: w.generate.remote(
-                self.model_weights_ref, policy, starts, k, self.buffer))
+                self.model_weights_ref, policy, starts, k, self.buffer, ticket))
         self._perf.rollout_transitions += out["rollout/transitions"]
         self._perf.rollout_seconds += out["seconds"]
         return out
@@ -345,6 +355,7 @@ class RayRuntime:
             "collectors": [self.with_restart("collector", i, lambda a: a.state_dict.remote())
                            for i in range(len(self.collectors))],
             "driver": {"real_count": self.real_count, "next_collector": self.next_collector,
+                       "tickets": self.tickets,
                        "model_version": self.model_version, "policy_version": self.policy_version,
                        "restarts": dict(self.restarts)},
         }
@@ -362,6 +373,7 @@ class RayRuntime:
         d = state["driver"]
         self.real_count, self.next_collector = d["real_count"], d["next_collector"] % len(self.collectors)
         self.model_version, self.restarts = d["model_version"], dict(d["restarts"])
+        self.tickets = d.get("tickets", 0)
         if d["model_version"] > 0:
             self.model_weights_ref = self.model_trainer.weights.remote()
         if d["policy_version"] > 0:
@@ -479,10 +491,11 @@ class AsyncMBPOLoop(MBPOLoop):
             self.launched_steps += n
             behind = self.min_ratio * self._since_warmup(self.launched_steps) - sched["updates"]
 
-    def _launch_collect(self, index: int, n: int, num_random: int) -> None:
+    def _launch_collect(self, index: int, n: int, num_random: int, ticket=None) -> None:
         self.last_launch[index] = self.launched_steps
-        ref = self.runtime.launch_collect(index, n, num_random)
-        self.inflight[ref] = ("collect", (index, n, num_random))
+        ticket = ticket or self.runtime.new_ticket(f"collector{index}")
+        ref = self.runtime.launch_collect(index, n, num_random, ticket)
+        self.inflight[ref] = ("collect", (index, n, num_random, ticket))
         self.idle_collectors.discard(index)
 
     def _launch_fit(self) -> None:
@@ -547,16 +560,17 @@ class AsyncMBPOLoop(MBPOLoop):
         """The actor of this call died: recreate it and start the call again."""
         rt = self.runtime
         if kind == "collect":
-            index, n, num_random = info
+            index, n, num_random, ticket = info
             rt.restart("collector", index)
-            self._launch_collect(index, n, num_random)
+            self._launch_collect(index, n, num_random, ticket)
         elif kind == "fit":
             rt.restart("model_trainer")
             self._launch_fit()
         elif kind == "rollout":
-            index, (policy, starts, k) = info
+            index, (policy, starts, k, ticket) = info
             rt.restart("rollout_worker", index)
-            ref = rt.rollout_workers[index].generate.remote(rt.model_weights_ref, policy, starts, k, rt.buffer)
+            ref = rt.rollout_workers[index].generate.remote(rt.model_weights_ref, policy, starts, k, rt.buffer,
+                                                            ticket)
             self.inflight[ref] = ("rollout", info)
         else:
             raise RuntimeError(f"the learner died during a {kind} call; resume the run from its checkpoint")
