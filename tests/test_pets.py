@@ -15,6 +15,7 @@ from mbpo_ray.models import ProbabilisticEnsemble
 from mbpo_ray.planning import CEMOptimizer, capped_variance, sample_truncated
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.train import train
+from helpers import WALL_CLOCK_KEYS, assert_states_equal, comparable
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -241,30 +242,6 @@ EPOCH_KEYS = ("env_steps", "epoch", "eval/return_mean", "eval/return_std", "eval
               "perf/epoch_seconds", "perf/plan_seconds", "perf/model_seconds")
 
 
-def comparable(records):
-    """Metrics minus wall-clock measurements, which legitimately differ between runs."""
-    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "model/fit_seconds"}
-            for r in records]
-
-
-def assert_states_equal(a, b, path="algorithm"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            if key != "model/fit_seconds":  # wall clock
-                assert_states_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_states_equal(x, y, f"{path}[{i}]")
-    elif hasattr(a, "shape"):  # numpy
-        assert (a == b).all(), path
-    else:
-        assert a == b, path
-
-
 def test_run_writes_metrics_and_resume_equals_uninterrupted(tmp_path):
     full = train(tiny_pets(), str(tmp_path / "full"), progress=False)
     assert full.completed and full.env_steps == 300
@@ -287,7 +264,8 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tmp_path):
     resumed = train(run.load_config(), str(tmp_path / "part"), resume=True, progress=False)
     assert resumed.completed and resumed.env_steps == 300
     assert comparable(run.read_metrics()) == comparable(records)
-    assert_states_equal(full_run.load_checkpoint()["algorithm"], run.load_checkpoint()["algorithm"])
+    assert_states_equal(full_run.load_checkpoint()["algorithm"], run.load_checkpoint()["algorithm"],
+                        ignore=WALL_CLOCK_KEYS)
 
     # A different seed gives a different run (so the comparisons above can fail).
     train(tiny_pets(seed=4), str(tmp_path / "other"), progress=False)

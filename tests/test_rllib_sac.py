@@ -14,6 +14,7 @@ from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.runtime import rllib_sac
 from mbpo_ray.runtime.rllib_sac import RLlibSAC, iteration_steps, learning_starts, rllib_sac_config
 from mbpo_ray.train import train
+from helpers import comparable
 
 ray = pytest.importorskip("ray")
 
@@ -157,10 +158,7 @@ def test_same_seed_same_records(full_run, tmp_path):
     again = train(small_config(), str(tmp_path / "again"), progress=False)
     assert again.completed
 
-    def comparable(run):
-        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in run.read_metrics()]
-
-    assert comparable(RunDirectory(tmp_path / "again")) == comparable(full_run[1])
+    assert comparable(RunDirectory(tmp_path / "again").read_metrics()) == comparable(full_run[1].read_metrics())
 
 
 def test_restored_algorithm_has_the_saved_weights_steps_and_replay(ray_session, single_thread, tmp_path):

@@ -17,6 +17,7 @@ from mbpo_ray.agents.steve import (
 from mbpo_ray.config import ConfigError, SACConfig, STEVEConfig, make_config
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.train import train
+from helpers import assert_states_equal, comparable
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -236,27 +237,6 @@ def tiny_steve(**extra):
     return make_config("InvertedPendulum-v5", overrides)
 
 
-def comparable(records):
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
-
-
-def assert_same(a, b, path="state"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_same(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif hasattr(a, "shape"):
-        assert (a == b).all(), path
-    else:
-        assert a == b, path
-
-
 def test_whole_run_and_resume_equals_uninterrupted(tmp_path):
     full = train(tiny_steve(), str(tmp_path / "full"), progress=False)
     assert full.completed and full.env_steps == 600
@@ -283,8 +263,8 @@ def test_whole_run_and_resume_equals_uninterrupted(tmp_path):
                     resume=True, progress=False)
     assert resumed.completed and resumed.env_steps == 600
     assert comparable(RunDirectory(tmp_path / "part").read_metrics()) == comparable(records)
-    assert_same(RunDirectory(tmp_path / "part").load_checkpoint()["algorithm"],
-                run.load_checkpoint()["algorithm"])
+    assert_states_equal(RunDirectory(tmp_path / "part").load_checkpoint()["algorithm"],
+                        run.load_checkpoint()["algorithm"])
 
 
 # --- learning -------------------------------------------------------------------------------

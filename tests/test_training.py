@@ -1,44 +1,19 @@
 """Whole-loop tests: determinism, resume equals uninterrupted, Ctrl-C, and learning."""
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-import torch
 
 from mbpo_ray.config import make_config
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.train import train
-
-
-def comparable(records):
-    """Metrics minus wall-clock measurements, which legitimately differ between runs."""
-    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "model/fit_seconds"}
-            for r in records]
+from helpers import assert_states_equal, comparable
 
 
 def final_state(run: RunDirectory):
     return run.load_checkpoint()["algorithm"]["runtime"]
-
-
-def assert_states_equal(a, b, path="runtime"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_states_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_states_equal(x, y, f"{path}[{i}]")
-    elif hasattr(a, "shape"):  # numpy
-        assert (a == b).all(), path
-    else:
-        assert a == b, path
 
 
 def test_rollout_length_grows_and_model_buffer_is_reallocated(tiny_config, tmp_path):
