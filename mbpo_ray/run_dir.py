@@ -12,15 +12,15 @@ Metric keys (documented once, here). Every algorithm writes env_steps, epoch and
              reports RLlib's learner stats (q_loss_huber: RLlib's critic loss is a Huber loss)
     model/   ensemble fit: train loss, holdout MSE (elites and all), epochs, seconds, failures;
              fits (PETS), version (Ray runtime: the published weights' version)
-    rollout/ branched rollouts: k, start states, transitions, terminated fraction, non-finite;
-             model_version_lag (Ray runtime)
+    rollout/ branched rollouts: k, start states, transitions, terminated fraction, non-finite
     eval/    deterministic-policy return (mean/std/min/max) and episode length; PETS: the
              planner's own episodes of the epoch, with eval/episodes their count
     perf/    sps (env steps per wall second), seconds per phase, wall clock. Ray runtime:
              collector_env_steps_per_s, learner_updates_per_s,
              rollout_transitions_per_s_per_worker (each measured inside the actor),
              collector_policy_lag(_max) (learner policy version minus the version a collector
-             acted with), actor_restarts; async also updates_per_env_step (this epoch),
+             acted with), rollout_model_lag(_max) and rollout_policy_lag(_max) (the newest
+             model / policy version minus the ones a rollout worker used), actor_restarts; async also updates_per_env_step (this epoch),
              updates_per_env_step_total and driver_wait_seconds
 """
 from __future__ import annotations

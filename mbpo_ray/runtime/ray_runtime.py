@@ -276,9 +276,15 @@ class RayRuntime:
             policy, starts, k, ticket = args
             out = self.with_restart("rollout_worker", index, lambda w: w.generate.remote(
                 self.model_weights_ref, policy, starts, k, self.buffer, ticket))
+        self.record_rollout(out)
+        return out
+
+    def record_rollout(self, out: Dict[str, Any]) -> None:
         self._perf.rollout_transitions += out["rollout/transitions"]
         self._perf.rollout_seconds += out["seconds"]
-        return out
+        # versions the worker rolled out with, behind the newest published ones
+        self._perf.rollout_model_lags.append(self.model_version - out["rollout/model_version"])
+        self._perf.rollout_policy_lags.append(self.policy_version - out["rollout/policy_version"])
 
     def merge_rollout_metrics(self, parts: List[Dict[str, float]]) -> Dict[str, float]:
         import ray
@@ -293,8 +299,7 @@ class RayRuntime:
                "rollout/nonfinite": sum(p["rollout/nonfinite"] for p in parts),
                "rollout/mean_reward": sum(p["rollout/mean_reward"] * p["rollout/transitions"]
                                           for p in parts) / max(1, total),
-               "rollout/model_buffer_size": ray.get(self.buffer.sizes.remote())["model"],
-               "rollout/model_version_lag": self.model_version - min(p["rollout/model_version"] for p in parts)}
+               "rollout/model_buffer_size": ray.get(self.buffer.sizes.remote())["model"]}
         return out
 
     def generate_rollouts(self, num_start_states: int, rollout_length: int,
@@ -406,6 +411,8 @@ class PerfCounters:
         self.updates, self.update_seconds = 0, 0.0
         self.rollout_transitions, self.rollout_seconds = 0, 0.0
         self.lags: List[int] = []
+        self.rollout_model_lags: List[int] = []
+        self.rollout_policy_lags: List[int] = []
 
     def metrics(self, num_rollout_workers: int) -> Dict[str, float]:
         out: Dict[str, float] = {}
@@ -415,9 +422,11 @@ class PerfCounters:
             out["perf/learner_updates_per_s"] = self.updates / self.update_seconds
         if self.rollout_seconds > 0:
             out["perf/rollout_transitions_per_s_per_worker"] = self.rollout_transitions / self.rollout_seconds
-        if self.lags:
-            out["perf/collector_policy_lag"] = float(np.mean(self.lags))
-            out["perf/collector_policy_lag_max"] = float(np.max(self.lags))
+        for name, lags in (("collector_policy_lag", self.lags), ("rollout_model_lag", self.rollout_model_lags),
+                           ("rollout_policy_lag", self.rollout_policy_lags)):
+            if lags:
+                out[f"perf/{name}"] = float(np.mean(lags))
+                out[f"perf/{name}_max"] = float(np.max(lags))
         self.reset()
         return out
 
@@ -549,8 +558,7 @@ class AsyncMBPOLoop(MBPOLoop):
             self.fit_busy = False
             self._launch_rollouts()
         elif kind == "rollout":
-            rt._perf.rollout_transitions += out["rollout/transitions"]
-            rt._perf.rollout_seconds += out["seconds"]
+            rt.record_rollout(out)
             self.rollouts_pending.append(out)
             self.rollouts_left -= 1
             if self.rollouts_left == 0:
