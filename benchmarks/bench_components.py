@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mbpo_ray.algos.mbpo import MBPOLoop
+from mbpo_ray.algos.mbpo_loop import MBPOLoop
 from mbpo_ray.config import make_config
 from mbpo_ray.runtime.local import LocalRuntime
 from mbpo_ray.train import seed_everything

@@ -7,7 +7,7 @@
 Runs land in benchmarks/results/learning/ENV/seedS/ (config, metrics.jsonl, curve.png; the
 checkpoint is not committed). An interrupted run is resumed when the script is started again.
 The summary plot is benchmarks/results/learning/ENV.png with the seeds' eval returns and the
-paper's reference points (REFERENCE.md section 6).
+paper's reference points (docs/published_results.md).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from mbpo_ray.train import train
 
 RESULTS = Path(__file__).parent / "results" / "learning"
 
-# REFERENCE.md section 6: deterministic-policy returns the paper reports (env steps, return).
+# docs/published_results.md: deterministic-policy returns the paper reports (env steps, return).
 PAPER_POINTS = {
     "Hopper-v5": [(15_000, 500), (25_000, 700), (30_000, 700), (40_000, 1000), (50_000, 2000),
                   (72_500, 3000), (120_000, 3350)],

@@ -1,13 +1,17 @@
-"""`mbpo-ray train ...`: the command line maps onto TrainConfig (see mbpo_ray.config)."""
+"""`mbpo-ray train ...`: the command line maps onto TrainConfig (see mbpo_ray.config).
+
+A bad command line is refused before torch or gymnasium is imported: this module imports only
+the config and the run directory; mbpo_ray.train (torch) is imported once the config is valid."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import List, Optional
 
-from mbpo_ray.config import ALGOS, ConfigError, apply_overrides, make_config, parse_override, validate
-from mbpo_ray.envs import SUPPORTED_ENVS
-from mbpo_ray.run_dir import RunDirError, RunDirectory
+from mbpo_ray.config import (ALGOS, SUPPORTED_ENVS, ConfigError, apply_overrides, make_config,
+                             parse_override, validate)
+from mbpo_ray.errors import RunDirError
+from mbpo_ray.run_dir import RunDirectory
 
 
 # What a resumed run may change: everything else would make it a different experiment.
@@ -25,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="with --runtime ray: join this Ray cluster (default: RAY_ADDRESS, "
                                          "else start Ray in-process)")
     train.add_argument("--steps", type=int, help="total env steps (default: the env preset's budget)")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--seed", type=int, help="random seed, 0 <= seed < 2**32 (default 0)")
     train.add_argument("--out", help="run directory to create (must be empty or absent)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -36,9 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args) -> int:
-    from mbpo_ray.train import train  # torch import deferred until the config is known good
+def _start(cfg, out_dir: str, **kwargs) -> int:
+    from mbpo_ray.train import train  # torch and gymnasium: only once the config is known good
 
+    return 0 if train(cfg, out_dir, **kwargs).completed else 130
+
+
+def _train(args) -> int:
     overrides = dict(parse_override(o) for o in args.overrides)
     for flag, key in (("algo", "algo"), ("runtime", "runtime"), ("schedule", "ray.schedule"),
                       ("address", "ray.address"), ("steps", "total_steps"), ("seed", "seed"),
@@ -58,17 +66,20 @@ def _train(args) -> int:
         apply_overrides(cfg, overrides)
         validate(cfg)
         checkpoint = run.load_checkpoint()  # a clear error before anything starts
-        result = train(cfg, args.resume, resume=True, progress=not args.no_progress,
-                       checkpoint=checkpoint)
-        return 0 if result.completed else 130
+        done = checkpoint["env_steps"]
+        if done >= cfg.total_steps:
+            asked = f"--steps {args.steps}" if args.steps is not None else f"total_steps {cfg.total_steps}"
+            print(f"mbpo-ray: the run in {args.resume} is already at {done} env steps "
+                  f"({'past' if done > cfg.total_steps else 'at'} {asked}); nothing to do", file=sys.stderr)
+            return 0
+        return _start(cfg, args.resume, resume=True, progress=not args.no_progress, checkpoint=checkpoint)
     if not args.env:
         raise ConfigError(f"--env is required; one of: {', '.join(SUPPORTED_ENVS)}")
     if not args.out:
         raise ConfigError("--out DIR is required (the run directory to create)")
     cfg = make_config(args.env, overrides)
     RunDirectory(args.out).check_new()
-    result = train(cfg, args.out, progress=not args.no_progress)
-    return 0 if result.completed else 130
+    return _start(cfg, args.out, progress=not args.no_progress)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

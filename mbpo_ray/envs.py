@@ -2,21 +2,21 @@
 
 A termination function maps a batch of (obs, action, next_obs) tensors to a boolean tensor
 ``terminated`` of shape [batch]. They are applied to *predicted* next states during model
-rollouts (REFERENCE.md section 4) and are tested against the real env's ``terminated`` flag.
+rollouts (docs/termination.md) and are tested against the real env's ``terminated`` flag.
 Time-limit truncation is never part of them: it is not a property of the state.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from mbpo_ray.errors import UnknownEnvError
-
-TerminationFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from mbpo_ray.config.presets import SUPPORTED_ENVS, check_env_id as check_supported_env
+from mbpo_ray.errors import UnknownEnvError  # noqa: F401 (raised by check_env_id)
+from mbpo_ray.models.model_env import TerminationFn
 
 
 def _all_finite(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class EnvSpec:
     make_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
-# Ant and Humanoid observe only qpos[2:] and qvel, as in the paper (REFERENCE.md section 5).
+# Ant and Humanoid observe only qpos[2:] and qvel, as in the paper (docs/observations.md).
 _TRUNCATED_ANT = dict(include_cfrc_ext_in_observation=False)
 _TRUNCATED_HUMANOID = dict(
     include_cinert_in_observation=False,
@@ -84,7 +84,7 @@ _TRUNCATED_HUMANOID = dict(
     include_cfrc_ext_in_observation=False,
 )
 
-SUPPORTED_ENVS: Dict[str, EnvSpec] = {
+ENV_SPECS: Dict[str, EnvSpec] = {
     "Hopper-v5": EnvSpec(hopper_termination),
     "Walker2d-v5": EnvSpec(walker2d_termination),
     "HalfCheetah-v5": EnvSpec(halfcheetah_termination),
@@ -93,14 +93,12 @@ SUPPORTED_ENVS: Dict[str, EnvSpec] = {
     "InvertedPendulum-v5": EnvSpec(inverted_pendulum_termination),
     "InvertedDoublePendulum-v5": EnvSpec(inverted_double_pendulum_termination),
 }
+assert tuple(ENV_SPECS) == SUPPORTED_ENVS  # the env ids come from mbpo_ray.config.presets
 
 
 def check_env_id(env_id: str) -> EnvSpec:
-    try:
-        return SUPPORTED_ENVS[env_id]
-    except KeyError:
-        allowed = ", ".join(SUPPORTED_ENVS)
-        raise UnknownEnvError(f"env_id={env_id!r} is not allowed: unknown env id; supported: {allowed}") from None
+    """The spec of a supported env; UnknownEnvError (a ConfigError) listing them otherwise."""
+    return ENV_SPECS[check_supported_env(env_id)]
 
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:
@@ -160,3 +158,69 @@ def set_env_state(env: gym.Env, state: Dict[str, Any]) -> None:
     limit = _time_limit(env)
     if limit is not None and state["elapsed_steps"] is not None:
         limit._elapsed_steps = state["elapsed_steps"]
+
+
+# --- the training env of a run: actions in [-1, 1], episode bookkeeping ------------------------
+
+class ActionScaler:
+    """Policies act in [-1, 1]; envs get actions in their own box."""
+
+    def __init__(self, space):
+        self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        return self.low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
+
+
+@dataclass
+class EnvStep:
+    """One real transition; ``finished`` is (return, length) of the episode it ended, if any.
+    Time-limit truncation ends an episode but is not terminal: only ``terminated`` is stored."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    next_obs: np.ndarray
+    terminated: bool
+    finished: Optional[Tuple[float, int]] = None
+
+
+class TrainingEnv:
+    """The env a run collects its data in: seeded once, stepped with actions in [-1, 1],
+    reset at each episode end, with the running episode's return and length and the generator
+    of uniform random actions. Its state continues an episode bit for bit."""
+
+    def __init__(self, env_id: str, seed: int):
+        self.env = make_env(env_id, seed=seed)
+        self.obs_dim = self.env.observation_space.shape[0]
+        self.act_dim = self.env.action_space.shape[0]
+        self.scaler = ActionScaler(self.env.action_space)
+        self.action_rng = np.random.default_rng(seed)
+        self.obs, _ = self.env.reset(seed=seed)
+        self.episode_return, self.episode_length = 0.0, 0
+
+    def random_action(self) -> np.ndarray:
+        return self.action_rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+
+    def step(self, action: np.ndarray) -> EnvStep:
+        next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
+        out = EnvStep(self.obs, action, float(reward), next_obs, bool(terminated))
+        self.episode_return += float(reward)
+        self.episode_length += 1
+        self.obs = next_obs
+        if terminated or truncated:
+            out.finished = (self.episode_return, self.episode_length)
+            self.obs, _ = self.env.reset()
+            self.episode_return, self.episode_length = 0.0, 0
+        return out
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"env": get_env_state(self.env), "obs": np.array(self.obs),
+                "episode": (self.episode_return, self.episode_length),
+                "action_rng": self.action_rng.bit_generator.state}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        set_env_state(self.env, state["env"])
+        self.obs = state["obs"]
+        self.episode_return, self.episode_length = state["episode"]
+        self.action_rng.bit_generator.state = state["action_rng"]

@@ -1,5 +1,5 @@
 """Evaluation shared by every algorithm: returns of a policy on fresh episodes of the real env
-(REFERENCE.md section 8), reported under the same ``eval/`` keys."""
+(docs/metrics.md, "eval"), reported under the same ``eval/`` keys."""
 from __future__ import annotations
 
 from typing import Callable, Dict

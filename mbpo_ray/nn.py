@@ -1,7 +1,7 @@
 """Stacked ("ensemble") layers: E independent networks evaluated with one batched matmul.
 
-Used by the dynamics ensemble (7 members) and by SAC's twin Q (2 members), as DESIGN.md
-section 3 asks: no Python loop over members on the hot path.
+Used by the dynamics ensemble (7 members), by SAC's twin Q (2 members) and by STEVE's ensembles,
+so that no Python loop over members runs on the hot path.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class StackedMLP(nn.Module):
             w = torch.empty(num_members, fan_in, fan_out)
             b = torch.zeros(num_members, 1, fan_out)
             if init == "truncated_normal":
-                # REFERENCE.md section 3: std 1/(2 sqrt(fan_in)), truncated at 2 std, zero bias.
+                # The dynamics model's init (docs/hyperparameters.md, as in MBPO's released code):
+                # std 1/(2 sqrt(fan_in)), truncated at 2 std, zero bias.
                 std = 1.0 / (2.0 * math.sqrt(fan_in))
                 nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
             else:

@@ -5,23 +5,7 @@
     RUN/checkpoint.pt    the latest checkpoint (written atomically)
     RUN/curve.png        eval return against env steps
 
-Metric keys (documented once, here). Every algorithm writes env_steps, epoch and eval/*:
-    train/   SAC losses, temperature, entropy, Q, updates; returns of finished training
-             episodes. STEVE adds dynamics/reward/done losses, target_mean and steve_weight_i
-             (mean weight of candidate T_i); PETS adds plan_cost and plan_iterations; rllib-sac
-             reports RLlib's learner stats (q_loss_huber: RLlib's critic loss is a Huber loss)
-    model/   ensemble fit: train loss, holdout MSE (elites and all), epochs, seconds, failures;
-             fits (PETS), version (Ray runtime: the published weights' version)
-    rollout/ branched rollouts: k, start states, transitions, terminated fraction, non-finite
-    eval/    deterministic-policy return (mean/std/min/max) and episode length; PETS: the
-             planner's own episodes of the epoch, with eval/episodes their count
-    perf/    sps (env steps per wall second), seconds per phase, wall clock. Ray runtime:
-             collector_env_steps_per_s, learner_updates_per_s,
-             rollout_transitions_per_s_per_worker (each measured inside the actor),
-             collector_policy_lag(_max) (learner policy version minus the version a collector
-             acted with), rollout_model_lag(_max) and rollout_policy_lag(_max) (the newest
-             model / policy version minus the ones a rollout worker used), actor_restarts; async also updates_per_env_step (this epoch),
-             updates_per_env_step_total and driver_wait_seconds
+Every metric key, its meaning and which algorithm writes it: docs/metrics.md.
 """
 from __future__ import annotations
 
@@ -30,16 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
 import yaml
 
-from mbpo_ray.config import ConfigError, TrainConfig, from_dict, to_dict
+from mbpo_ray.config import TrainConfig, from_dict, to_dict
+from mbpo_ray.errors import ConfigError, RunDirError
 
 CHECKPOINT_FORMAT = 2  # 2: the algorithm's state under "algorithm"
-
-
-class RunDirError(ValueError):
-    """The run directory or its checkpoint cannot be used as asked."""
 
 
 class RunDirectory:
@@ -98,7 +78,10 @@ class RunDirectory:
         self._write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     # --- checkpoints ---
+    # torch is imported here, not at the top: the CLI reads configs before torch is loaded.
     def save_checkpoint(self, state: Dict[str, Any]) -> None:
+        import torch
+
         tmp = self.checkpoint_path.with_suffix(".pt.tmp")
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
         os.replace(tmp, self.checkpoint_path)
@@ -108,6 +91,8 @@ class RunDirectory:
         if not path.is_file():
             raise RunDirError(f"--resume {self.path}: no checkpoint.pt yet (the run stopped before "
                               f"its first checkpoint); start it again with a new --out")
+        import torch
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # any failure to unpickle means an unusable file

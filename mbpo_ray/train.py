@@ -7,13 +7,14 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, TextIO
 
 import numpy as np
 import torch
 
 from mbpo_ray.algos import Algorithm, make_algorithm
-from mbpo_ray.config import TrainConfig, resolve_device, validate
+from mbpo_ray.config import TrainConfig, validate
+from mbpo_ray.devices import resolve_device
 from mbpo_ray.run_dir import RunDirectory
 
 
@@ -117,15 +118,42 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool =
         algo.close()
 
 
+class Progress:
+    """Progress on stderr: a tqdm bar on a terminal; one line per epoch in a file or a pipe,
+    where a redrawn bar would leave a line every few env steps."""
+
+    def __init__(self, label: str, total: int, initial: int, stream: TextIO):
+        self.label, self.total, self.stream = label, total, stream
+        self.bar = None
+        if getattr(stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="step", desc=label, dynamic_ncols=True,
+                            file=stream)
+
+    def update(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def epoch(self, env_steps: int, record: Dict[str, Any]) -> None:
+        shown = {"eval return": f"{record['eval/return_mean']:.1f}"}
+        if "perf/sps" in record:
+            shown["sps"] = f"{record['perf/sps']:.1f}"
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=False)
+        else:
+            print(f"{self.label}: {env_steps}/{self.total} env steps, "
+                  + ", ".join(f"{k} {v}" for k, v in shown.items()), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: bool,
                 stop_at: Optional[int]) -> TrainResult:
     epochs_done = 0
-    bar = None
     label = f"{algo.title} {cfg.env_id} seed {cfg.seed}"
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.total_steps, initial=algo.env_steps, unit="step",
-                   desc=label, dynamic_ncols=True, file=sys.stderr)
+    bar = Progress(label, cfg.total_steps, algo.env_steps, sys.stderr) if progress else None
     start_wall, start_steps = time.perf_counter(), algo.env_steps
     stopped_early = False
     with stop_on_signals() as stop:
@@ -141,10 +169,7 @@ def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: 
                 if epochs_done % cfg.checkpoint_every_epochs == 0 or algo.env_steps >= cfg.total_steps:
                     save_checkpoint(run, algo)
                 if bar is not None:
-                    postfix = {"eval_return": f"{record['eval/return_mean']:.1f}"}
-                    if "perf/sps" in record:
-                        postfix["sps"] = f"{record['perf/sps']:.1f}"
-                    bar.set_postfix(postfix, refresh=False)
+                    bar.epoch(algo.env_steps, record)
             if stop.requested or (stop_at is not None and algo.env_steps >= stop_at):
                 if algo.env_steps < cfg.total_steps:
                     save_checkpoint(run, algo)

@@ -22,11 +22,11 @@ def assert_states_equal(a, b, path="state", ignore=()):
         assert a == b, path
 
 
-WALL_CLOCK_KEYS = ("model/fit_seconds",)
+WALL_CLOCK_KEYS = ("model/fit_seconds", "model/actor_seconds")
 
 
 def comparable(records):
-    """Metric records minus wall-clock measurements (perf/*, model fit seconds), which
-    legitimately differ between otherwise identical runs."""
+    """Metric records minus wall-clock measurements (perf/*, model fit seconds, the Ray model
+    trainer's seconds), which legitimately differ between otherwise identical runs."""
     return [{k: v for k, v in r.items() if not k.startswith("perf/") and k not in WALL_CLOCK_KEYS}
             for r in records]

@@ -1,5 +1,5 @@
 """The algorithm choice (`--algo`): presets, the paper's ablations by config alone, and the
-model-free SAC baseline (REFERENCE.md section 7)."""
+model-free SAC baseline (docs/baselines.md)."""
 import pytest
 
 from mbpo_ray.algos import make_algorithm
@@ -16,7 +16,7 @@ def test_every_algorithm_has_a_preset():
 def test_sac_is_mbpo_without_model_data_and_one_update_per_step():
     cfg = make_config("HalfCheetah-v5", {"algo": "sac"})
     assert cfg.mbpo.real_ratio == 1.0 and cfg.mbpo.updates_per_step == 1
-    # everything SAC shares with MBPO stays the paper's (REFERENCE.md section 2)
+    # everything SAC shares with MBPO stays the paper's (docs/hyperparameters.md, "Algorithm presets")
     mbpo = make_config("HalfCheetah-v5")
     assert cfg.sac == mbpo.sac and cfg.mbpo.init_random_steps == mbpo.mbpo.init_random_steps
 

@@ -1,11 +1,12 @@
-"""ReplayBuffer, sample_mixed and the model-buffer size formula (REFERENCE.md section 2)."""
+"""ReplayBuffer, sample_mixed and the model-buffer size formula (docs/hyperparameters.md)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from mbpo_ray.config import PRESETS, MBPOConfig
-from mbpo_ray.data import ReplayBuffer, model_buffer_capacity, sample_mixed
+from mbpo_ray.data import ReplayBuffer, RowLayout, model_buffer_capacity, sample_mixed
 
 OBS, ACT = 3, 2
 WIDTH = 2 * OBS + ACT + 2
@@ -190,3 +191,48 @@ def test_model_buffer_capacity_formula_and_presets():
     assert capacity("InvertedPendulum-v5", 1) == 100_000
     for env in PRESETS:
         assert capacity(env, 3) == formula(env, 3)
+
+
+# --- the row layout ------------------------------------------------------------------------------
+
+def test_row_layout_pack_split_round_trip():
+    layout = RowLayout(OBS, ACT)
+    assert layout.width == WIDTH == ReplayBuffer(OBS, ACT, 1).width
+    assert ReplayBuffer(OBS, ACT, 1).layout == layout
+    obs, act, rew, next_obs, done = transitions([1, 2, 3, 4])
+    rows = layout.pack(obs, act, rew, next_obs, done.bool())  # a bool flag becomes 0.0 / 1.0
+    assert rows.shape == (4, WIDTH) and rows.dtype == torch.float32
+    # [obs | act | reward | next_obs | terminated], in that order
+    assert torch.equal(rows, torch.cat([obs, act, rew[:, None], next_obs, done[:, None]], dim=1))
+    for got, want in zip(layout.split(rows), (obs, act, rew, next_obs, done)):
+        assert torch.equal(got, want)
+    assert torch.equal(rows[:, layout.rew], rew) and torch.equal(rows[:, layout.terminated], done)
+    assert torch.equal(rows[:, layout.obs], obs) and torch.equal(rows[:, layout.next_obs], next_obs)
+    # one transition without a batch dim packs to one row
+    one = layout.pack(obs[1], act[1], rew[1], next_obs[1], done[1])
+    assert torch.equal(one, rows[1:2])
+    # the buffer splits what it stores with the same layout
+    buf = ReplayBuffer(OBS, ACT, 10)
+    buf.add_rows(rows)
+    for got, want in zip(buf.all(), (obs, act, rew, next_obs, done)):
+        assert torch.equal(got, want)
+
+
+def test_row_layout_pack_numpy_matches_torch_and_env_step_types():
+    layout = RowLayout(OBS, ACT)
+    rng = np.random.default_rng(0)
+    obs, next_obs = rng.normal(size=OBS), rng.normal(size=OBS)  # float64, as envs return them
+    act = rng.uniform(-1, 1, ACT).astype(np.float32)
+    reward, terminated = np.float64(rng.normal()), True
+    row = layout.pack_numpy(obs, act, reward, next_obs, terminated)
+    assert row.shape == (WIDTH,) and row.dtype == np.float32
+    expected = np.concatenate([obs, act, [reward], next_obs, [float(terminated)]]).astype(np.float32)
+    assert np.array_equal(row, expected)
+    as_torch = layout.pack(*(torch.as_tensor(np.asarray(x), dtype=torch.float32)
+                             for x in (obs, act, reward, next_obs, terminated)))
+    assert torch.equal(torch.from_numpy(row)[None], as_torch)
+    # batched arrays give [B, width]
+    batch = layout.pack_numpy(np.stack([obs, next_obs]), np.stack([act, act]), np.array([1.0, 2.0]),
+                              np.stack([next_obs, obs]), np.array([False, True]))
+    assert batch.shape == (2, WIDTH) and batch[1, layout.terminated] == 1.0 and batch[0, layout.rew] == 1.0
+    assert np.array_equal(batch[0], layout.pack_numpy(obs, act, 1.0, next_obs, False))

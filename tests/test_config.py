@@ -3,6 +3,8 @@ refusals (every one of them raised before anything is written or any training st
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,10 @@ import yaml
 import mbpo_ray.train
 from mbpo_ray.cli import main
 from mbpo_ray.config import (
+    SUPPORTED_ENVS,
     ConfigError,
     TrainConfig,
+    UnknownEnvError,
     field_names,
     from_dict,
     make_config,
@@ -20,12 +24,11 @@ from mbpo_ray.config import (
     to_dict,
     validate,
 )
-from mbpo_ray.envs import SUPPORTED_ENVS, UnknownEnvError
 from mbpo_ray.run_dir import RunDirError, RunDirectory
 
 ENV_IDS = list(SUPPORTED_ENVS)
 
-# REFERENCE.md section 2: epoch length, k schedule, G, retrain period, retain epochs,
+# docs/hyperparameters.md: epoch length, k schedule, G, retrain period, retain epochs,
 # target entropy, model width, budget, initial random steps.
 PAPER = {
     "Hopper-v5": (1000, (20, 150, 1, 15), 20, 250, 1, -1.0, 200, 125_000, 5000),
@@ -118,6 +121,15 @@ BAD = [
     ({"total_steps": "many"}, "total_steps", "integer"),
     ({"mbpo.updates_per_step": True}, "mbpo.updates_per_step", "integer"),
     ({"seed": -1}, "seed", "non-negative"),
+    ({"seed": 2**32}, "seed", "below 2**32"),
+    ({"seed": 1180591620717411303424}, "seed", "below 2**32"),
+    ({"runtime": "ray", "device": "cuda:1"}, "device", "use device=auto or cuda"),
+    ({"runtime": "ray", "device": "mps"}, "device", "use device=auto or cuda"),
+    ({"runtime": "ray", "device": "cpu", "ray.learner_gpus": 1}, "ray.learner_gpus", "device=cpu"),
+    ({"runtime": "ray", "device": "cpu", "ray.rollout_worker_gpus": 0.5}, "ray.rollout_worker_gpus",
+     "device=cpu"),
+    ({"runtime": "ray", "device": "cuda"}, "device='cuda'", "ray.learner_gpus"),
+    ({"algo": "rllib-sac", "device": "mps"}, "device", "rllib-sac"),
     ({"sac.compile": "yes"}, "sac.compile", "true or false"),
     ({"sac.compile": 1}, "sac.compile", "true or false"),
     ({"sac.discount": 0}, "sac.discount", "(0, 1]"),
@@ -159,6 +171,22 @@ def test_edge_values_are_accepted():
     assert cfg.sac.discount == 1.0 and cfg.mbpo.real_ratio == 0.0 and cfg.device == "cuda:1"
     assert cfg.mbpo.rollout_schedule == (0, 1, 2, 2)
     assert make_config("Hopper-v5", {"mbpo.real_ratio": 1}).mbpo.real_ratio == 1.0
+    assert make_config("Hopper-v5", {"seed": 2**32 - 1}).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("overrides", [
+    {"device": "auto"},
+    {"device": "auto", "ray.learner_gpus": 1, "ray.model_trainer_gpus": 0.5},
+    {"device": "cuda", "ray.learner_gpus": 1},
+    {"device": "cpu"},
+])
+def test_ray_device_settings_that_can_hold_are_accepted(overrides):
+    cfg = make_config("Hopper-v5", {"runtime": "ray", **overrides})
+    assert cfg.device == overrides["device"]
+
+
+def test_local_runtime_ignores_the_ray_gpu_fields():
+    assert make_config("Hopper-v5", {"device": "cpu", "ray.learner_gpus": 1}).ray.learner_gpus == 1
 
 
 @pytest.mark.parametrize("make", [
@@ -447,6 +475,42 @@ def test_cli_envs_prints_all_ids(capsys):
     lines = capsys.readouterr().out.split()
     assert lines == list(SUPPORTED_ENVS)
     assert len(lines) == 7
+
+
+def test_every_config_field_has_one_docstring():
+    """schema.py documents each field with the string literal right after it, and only there."""
+    import ast
+
+    import mbpo_ray.config.schema as schema
+
+    source = Path(schema.__file__).read_text()
+    classes = {node.name: node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+    sections = [type(v) for v in vars(TrainConfig()).values() if dataclasses.is_dataclass(v)]
+
+    def is_text(node):
+        return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str) and node.value.value.strip() != "")
+
+    for cls in (TrainConfig, *sections):
+        body = classes[cls.__name__].body
+        assert is_text(body[0]), f"{cls.__name__} has no class docstring"
+        fields = [node.target.id for node in body if isinstance(node, ast.AnnAssign)]
+        assert fields == [f.name for f in dataclasses.fields(cls)], cls.__name__
+        for before, node in zip(body, body[1:]):
+            if isinstance(before, ast.AnnAssign):
+                assert is_text(node), f"{cls.__name__}.{before.target.id} has no docstring"
+            else:  # a second string after a field's docstring, or a stray one
+                assert not is_text(node), f"{cls.__name__}: string after {ast.unparse(before)[:40]}"
+        # the docstrings replaced the comments: none is left inside a dataclass
+        inside = source.splitlines()[body[0].lineno:classes[cls.__name__].end_lineno]
+        assert not [line for line in inside if line.strip().startswith("#")], cls.__name__
+
+
+def test_importing_config_imports_neither_torch_gymnasium_nor_numpy():
+    code = ("import sys, mbpo_ray.config, mbpo_ray.cli; "
+            "print(sorted(m for m in ('torch', 'gymnasium', 'numpy', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_dataclass_configs_are_plain_dataclasses():

@@ -1,4 +1,4 @@
-"""ProbabilisticEnsemble and EnsembleTrainer (REFERENCE.md section 3)."""
+"""ProbabilisticEnsemble and EnsembleTrainer (the MBPO paper's model; defaults in docs/hyperparameters.md)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mbpo_ray.config import ModelConfig
-from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+from mbpo_ray.data import ReplayBuffer, RowLayout
+from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble, fit_data, fit_data_from_rows
 
 OBS, ACT = 3, 2
 PAPER_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
@@ -425,3 +426,44 @@ def test_fit_after_a_failed_fit_works_again():
     metrics = trainer.fit(inputs, targets)
     assert metrics["model/fit_failed"] == 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# --- fit targets -----------------------------------------------------------------------------------
+
+def test_fit_data_is_obs_act_to_reward_and_delta():
+    g = torch.Generator().manual_seed(0)
+    obs, act, rew, next_obs = (torch.randn(6, OBS, generator=g), torch.randn(6, ACT, generator=g),
+                               torch.randn(6, generator=g), torch.randn(6, OBS, generator=g))
+    inputs, targets = fit_data(obs, act, rew, next_obs)
+    assert torch.equal(inputs, torch.cat([obs, act], dim=1))
+    assert torch.equal(targets[:, 0], rew) and torch.equal(targets[:, 1:], next_obs - obs)
+    layout = RowLayout(OBS, ACT)
+    rows = layout.pack(obs, act, rew, next_obs, torch.zeros(6))
+    for got, want in zip(fit_data_from_rows(rows, layout), (inputs, targets)):
+        assert torch.equal(got, want)
+
+
+def test_fit_buffer_and_fit_rows_equal_fit_on_fit_data():
+    g = torch.Generator().manual_seed(1)
+    inputs, targets = dynamics(300, g)
+    obs, act, rew = inputs[:, :OBS], inputs[:, OBS:], targets[:, 0]
+    buf = ReplayBuffer(OBS, ACT, 300)
+    buf.add(obs, act, rew, obs + targets[:, 1:], torch.zeros(300))
+    cfg = small_cfg(max_fit_epochs=2)
+    results = []
+    for how in ("fit", "fit_buffer", "fit_rows", "fit_rows_layout"):
+        torch.manual_seed(2)
+        model = ProbabilisticEnsemble(OBS, ACT, cfg)
+        trainer = EnsembleTrainer(model, cfg)
+        if how == "fit":
+            metrics = trainer.fit(*fit_data(*buf.all()[:4]))
+        elif how == "fit_buffer":
+            metrics = trainer.fit_buffer(buf)
+        elif how == "fit_rows":
+            metrics = trainer.fit_rows(buf.rows_in_order())
+        else:
+            metrics = trainer.fit_rows(buf.rows_in_order(), RowLayout(OBS, ACT))
+        results.append((metrics["model/holdout_mse_all"], model.state_dict()))
+    for mse, state in results[1:]:
+        assert mse == results[0][0]
+        assert all(torch.equal(state[k], results[0][1][k]) for k in state)

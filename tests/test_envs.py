@@ -1,6 +1,6 @@
 """Env construction, observation truncation, termination functions and exact env snapshots.
 
-The termination functions (REFERENCE.md section 4) are checked against the ground truth: the
+The termination functions (docs/termination.md) are checked against the ground truth: the
 real gymnasium env's ``terminated`` flag, on states from real episodes (random and extreme
 actions) and on constructed states just inside and just outside every health limit.
 """
@@ -24,7 +24,7 @@ from mbpo_ray.envs import (
 ENV_IDS = list(SUPPORTED_ENVS)
 TERMINATING_ENVS = [e for e in ENV_IDS if e != "HalfCheetah-v5"]
 
-# gymnasium v5 defaults, except Ant and Humanoid: qpos[2:] and qvel only (REFERENCE.md section 5).
+# gymnasium v5 defaults, except Ant and Humanoid: qpos[2:] and qvel only (docs/observations.md).
 OBS_DIMS = {
     "Hopper-v5": 11,
     "Walker2d-v5": 17,

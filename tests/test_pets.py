@@ -1,5 +1,5 @@
 """PETS: the CEM optimiser, trajectory sampling over the ensemble, and the whole loop
-(REFERENCE.md section 7)."""
+(docs/baselines.md, "pets")."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mbpo_ray.algos.pets import TrajectorySampler
+from mbpo_ray.planning.trajectory_sampling import TrajectorySampler
 from mbpo_ray.config import ModelConfig, make_config
 from mbpo_ray.envs import halfcheetah_termination, inverted_pendulum_termination
 from mbpo_ray.errors import ConfigError
@@ -253,12 +253,23 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tmp_path):
         assert key in records[-1], key
     assert records[-1]["model/fits"] >= 1 and records[-1]["eval/episodes"] >= 1
 
-    # Stop in the middle of an epoch and of a planner episode, then resume.
-    part = train(tiny_pets(), str(tmp_path / "part"), progress=False, stop_at=157)
+    # Stop in the middle of an epoch and of a planner episode, then resume. Where episodes end
+    # depends on the float trajectory of this CPU, so the stop is read from the run itself:
+    # the first step of a planner episode that starts after the first epoch (episodes end at
+    # the env steps whose stored transition is terminal: the last column of a buffer row).
+    rows = full_run.load_checkpoint()["algorithm"]["buffer"]["rows"]
+    ends = (torch.nonzero(rows[:, -1]).flatten() + 1).tolist()
+    random_episodes = tiny_pets().pets.random_episodes
+    starts = [end + 1 for end in ends[random_episodes - 1:]]  # each planner episode's first step
+    mid_epoch = [s for s in range(101, 300) if s % 100 and s not in ends]
+    # (when no planner episode starts mid-epoch after step 100, one runs through those steps)
+    stop = next((s for s in starts if s in mid_epoch), mid_epoch[0])
+    part = train(tiny_pets(), str(tmp_path / "part"), progress=False, stop_at=stop)
     assert not part.completed
     run = RunDirectory(tmp_path / "part")
-    loop = run.load_checkpoint()["algorithm"]["loop"]
-    assert loop["env_steps"] == 157 and loop["episode_length"] > 0  # mid-episode
+    state = run.load_checkpoint()["algorithm"]
+    loop, (_, episode_length) = state["loop"], state["episode"]
+    assert loop["env_steps"] == stop and episode_length > 0  # mid-episode
     assert loop["episodes"] >= 2  # past the random episodes: the planner's warm start matters
     assert not torch.equal(run.load_checkpoint()["algorithm"]["planner"]["plan"], torch.zeros(8, 1))
     resumed = train(run.load_config(), str(tmp_path / "part"), resume=True, progress=False)

@@ -125,10 +125,10 @@ def test_async_run_survives_killed_collector_and_trainer(ray_config, tmp_path, r
         loop = algo.loop
         # advance the async loop call by call until a collector is busy past step 300, so that
         # the kills below interrupt calls in flight, not idle actors
-        while not (algo.env_steps >= 300 and any(k == "collect" for k, _ in loop.inflight.values())):
-            loop._launch()
-            loop._wait_one()
-        busy = [info[0] for kind, info in loop.inflight.values() if kind == "collect"]
+        while not (algo.env_steps >= 300 and loop.busy("collect")):
+            loop.launch()
+            loop.wait_one()
+        busy = [job.index for job in loop.jobs if job.kind == "collect"]
         ray.kill(algo.runtime.collectors[busy[0]])
         ray.kill(algo.runtime.model_trainer)
         records = run_steps(algo, cfg.total_steps)
@@ -180,13 +180,15 @@ def test_resume_restores_buffer_actor(schedule, ray_config, tmp_path, ray_cluste
 
 
 def test_missing_gpu_stops_at_once_and_writes_nothing(ray_config, tmp_path, ray_cluster, capsys):
-    cfg = ray_config(**{"ray.learner_gpus": 1})
+    # device=auto: the config itself is fine (device=cpu with a GPU actor is refused earlier, by
+    # validation); the cluster has no GPU
+    cfg = ray_config(**{"ray.learner_gpus": 1, "device": "auto"})
     with pytest.raises(ConfigError, match="GPU: needs 1, the cluster has 0"):
         train(cfg, str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists()
     out = tmp_path / "cli"
     code = main(["train", "--env", "InvertedPendulum-v5", "--out", str(out), "--runtime", "ray",
-                 "--set", "ray.model_trainer_gpus=2", "--device", "cpu"])
+                 "--set", "ray.model_trainer_gpus=2", "--device", "auto"])
     assert code == 2
     assert "GPU: needs 2" in capsys.readouterr().err
     assert not out.exists()

@@ -11,8 +11,8 @@ import torch
 from mbpo_ray.config import make_config
 from mbpo_ray.errors import ConfigError
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.runtime import rllib_sac
-from mbpo_ray.runtime.rllib_sac import RLlibSAC, iteration_steps, learning_starts, rllib_sac_config
+from mbpo_ray.algos import rllib_sac
+from mbpo_ray.algos.rllib_sac import RLlibSAC, iteration_steps, learning_starts, rllib_sac_config
 from mbpo_ray.train import train
 from helpers import comparable
 
@@ -57,7 +57,7 @@ def test_importing_the_module_does_not_import_ray():
     import subprocess
     import sys
 
-    code = "import sys, mbpo_ray.algos, mbpo_ray.runtime.rllib_sac; print('ray' in sys.modules)"
+    code = "import sys, mbpo_ray.algos, mbpo_ray.algos.rllib_sac; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -108,6 +108,9 @@ def test_unsupported_settings_are_refused():
         rllib_sac_config(small_config(**{"mbpo.updates_per_step": 0}))
     with pytest.raises(ConfigError, match="real_ratio"):
         rllib_sac_config(small_config(**{"mbpo.real_ratio": 0.5}))
+    # an MPS request is refused by name, never turned into the CPU without a word (issue 8)
+    with pytest.raises(ConfigError, match="mps"):
+        rllib_sac_config(small_config(device="mps"))
 
 
 def test_q_networks_are_mlps_on_obs_and_action(ray_session, single_thread, tmp_path):

@@ -1,4 +1,5 @@
-"""The k schedule and branched model rollouts (REFERENCE.md sections 1 and 2)."""
+"""The k schedule and branched model rollouts (the MBPO paper, Algorithm 2; the schedules are in
+docs/hyperparameters.md)."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from mbpo_ray.agents import TanhGaussianPolicy
 from mbpo_ray.config import ModelConfig
 from mbpo_ray.data import ReplayBuffer
-from mbpo_ray.models import ProbabilisticEnsemble
-from mbpo_ray.rollout import branched_rollout, rollout_length
+from mbpo_ray.models import ModelEnv, ProbabilisticEnsemble
+from mbpo_ray.models.rollout import branched_rollout, rollout_length
 
 OBS, ACT, N = 3, 2, 64
 
@@ -183,3 +184,53 @@ def test_rollout_uses_elites_only():
     used = (rew / 10).round()
     assert set(used.long().tolist()) == {1, 3}  # both elites drawn, nothing else
     assert torch.allclose(next_obs - obs, used[:, None].expand(-1, OBS), atol=0.05)
+
+
+# --- the model env step ----------------------------------------------------------------------------
+
+def test_model_env_step_all_samples_like_the_ensemble_and_applies_termination():
+    model = make_model()
+    env = ModelEnv(model, terminate_positive)
+    obs, act = torch.randn(N, OBS), torch.rand(N, ACT) * 2 - 1
+    member = model.random_elites(N)
+    torch.manual_seed(8)
+    step = env.step(obs, act, member)  # noise="all" by default: MBPO's step
+    after = torch.get_rng_state()
+    torch.manual_seed(8)
+    next_obs, rew = model.sample(obs, act, member)
+    assert torch.equal(torch.get_rng_state(), after)  # the same draws, no more
+    assert torch.equal(step.next_obs, next_obs) and torch.equal(step.reward, rew)
+    assert step.terminated.dtype == torch.bool and torch.equal(step.terminated, next_obs[:, 0] > 0)
+    assert step.finite.all()
+
+
+def test_model_env_obs_noise_and_no_noise_use_the_mean_reward():
+    model = make_model()
+    env = ModelEnv(model, terminate_none)
+    obs, act = torch.randn(N, OBS), torch.rand(N, ACT) * 2 - 1
+    member = model.random_elites(N)
+    mean, logvar = model.forward_members(torch.cat([obs, act], dim=1), member)
+    deterministic = env.step(obs, act, member, noise="none")
+    assert torch.equal(deterministic.reward, mean[:, 0])
+    assert torch.equal(deterministic.next_obs, obs + mean[:, 1:])
+    torch.manual_seed(9)
+    sampled = env.step(obs, act, member, noise="obs")
+    torch.manual_seed(9)
+    noise = torch.randn(N, OBS)  # one draw of the next state's shape, nothing for the reward
+    assert torch.equal(sampled.reward, mean[:, 0])
+    assert torch.equal(sampled.next_obs, obs + (mean[:, 1:] + noise * (0.5 * logvar[:, 1:]).exp()))
+    assert not sampled.terminated.any()
+    with pytest.raises(ValueError):
+        env.step(obs, act, member, noise="reward")
+
+
+def test_model_env_finite_mask_covers_next_obs_and_reward():
+    model = make_model(num_elites=3)
+    with torch.no_grad():
+        model.net.biases[-1][1][..., 0] = float("nan")  # member 1: reward
+        model.net.biases[-1][2][..., 2] = float("inf")  # member 2: next_obs[1]
+    env = ModelEnv(model, terminate_none)
+    member = torch.arange(N) % 4
+    for noise in ("all", "obs", "none"):
+        step = env.step(torch.randn(N, OBS), torch.zeros(N, ACT), member, noise=noise)
+        assert torch.equal(step.finite, (member == 0) | (member == 3))

@@ -1,3 +1,4 @@
-from mbpo_ray.agents.sac import SAC, TanhGaussianPolicy
+from mbpo_ray.agents.actor_critic import ActorCritic, TanhGaussianPolicy
+from mbpo_ray.agents.sac import SAC
 
-__all__ = ["SAC", "TanhGaussianPolicy"]
+__all__ = ["ActorCritic", "SAC", "TanhGaussianPolicy"]

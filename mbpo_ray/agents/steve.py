@@ -13,7 +13,7 @@ only num_q: it needs no model); their mean m_i and variance v_i give the weights
 w_i = (1 / (v_i + eps)) / sum_k (1 / (v_k + eps)), and the target is sum_i w_i m_i, gradients
 stopped. Every Q member regresses onto that one target.
 
-Deviations from the paper and choices made here (REFERENCE.md section 7):
+Deviations from the paper and choices made here (docs/baselines.md, STEVE):
   * Base learner: SAC with automatic temperature instead of DDPG (a documented variant):
     V carries SAC's entropy term, the policy maximises mean-over-Q(s, pi(s)) - alpha log pi
     (the mean over the Q ensemble, as the original STEVE code's policy loss does; not SAC's
@@ -52,16 +52,15 @@ is the batch-mean weight of T_i), and the target critic follows with one fused l
 """
 from __future__ import annotations
 
-import copy
 from typing import Dict, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from mbpo_ray.agents.sac import TanhGaussianPolicy
+from mbpo_ray.agents.actor_critic import ActorCritic
 from mbpo_ray.config import SACConfig, STEVEConfig
-from mbpo_ray.nn import StackedMLP, make_adam
+from mbpo_ray.nn import StackedMLP
 
 VARIANCE_EPS = 1e-8
 MIN_STD = 1e-6
@@ -155,37 +154,32 @@ class RunningMeanStd(nn.Module):
 
 # --- the learner --------------------------------------------------------------------------------
 
-class STEVELearner(nn.Module):
+class STEVELearner(ActorCritic):
+    """The shared SAC actor-critic (``num_q`` critics, the policy loss over their mean) plus the
+    dynamics, reward and done ensembles, the standardisation statistics and the STEVE target."""
+
+    policy_q_reduction = "mean"  # as the original STEVE code's policy loss (module docstring)
+
     def __init__(self, obs_dim: int, act_dim: int, sac_cfg: SACConfig, cfg: STEVEConfig,
                  device: torch.device):
-        super().__init__()
-        self.sac_cfg, self.cfg = sac_cfg, cfg
-        self.obs_dim, self.act_dim, self.horizon = obs_dim, act_dim, cfg.horizon
-        hidden = [sac_cfg.hidden_width] * sac_cfg.num_hidden_layers
+        super().__init__(obs_dim, act_dim, sac_cfg, num_q=cfg.num_q)
+        self.cfg, self.horizon = cfg, cfg.horizon
         model_hidden = [cfg.model_hidden_width] * cfg.model_num_hidden_layers
         pair_dim = 2 * obs_dim + act_dim
-        self.policy = TanhGaussianPolicy(obs_dim, act_dim, sac_cfg.hidden_width, sac_cfg.num_hidden_layers)
-        self.q = StackedMLP(cfg.num_q, obs_dim + act_dim, hidden, 1)
-        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.dynamics = StackedMLP(cfg.num_dynamics, obs_dim + act_dim, model_hidden, obs_dim, "silu")
         self.reward = StackedMLP(cfg.num_reward, pair_dim, model_hidden, 1, "silu")
         self.done = StackedMLP(cfg.num_done, pair_dim, model_hidden, 1, "silu")
-        self.log_alpha = nn.Parameter(torch.tensor(float(sac_cfg.init_log_alpha)))
-        entropy = sac_cfg.target_entropy if sac_cfg.target_entropy is not None else -float(act_dim)
-        self.register_buffer("target_entropy", torch.tensor(float(entropy)))
         # columns: observation | observation change | reward
         self.normalizer = RunningMeanStd(2 * obs_dim + 1)
-        self.to(device)
-        self.device = device
-        agent_params = [*self.policy.parameters(), *self.q.parameters(), self.log_alpha]
-        model_params = [*self.dynamics.parameters(), *self.reward.parameters(), *self.done.parameters()]
-        self.optimizer = make_adam([{"params": agent_params},
-                                    {"params": model_params, "lr": cfg.model_learning_rate}],
-                                   sac_cfg.learning_rate)
-        self._q_params = list(self.q.parameters())
-        self._q_target_params = list(self.q_target.parameters())
         self.metric_names = metric_names(cfg.horizon)
-        self._losses = torch.compile(self._losses) if sac_cfg.compile else self._losses
+        self._setup_training(device)
+
+    def _optimizer_params(self):
+        """Two parameter groups: the agent at ``sac.learning_rate``, the models at
+        ``steve.model_learning_rate``."""
+        model_params = [*self.dynamics.parameters(), *self.reward.parameters(), *self.done.parameters()]
+        return [{"params": self.agent_parameters()},
+                {"params": model_params, "lr": self.cfg.model_learning_rate}]
 
     # --- data statistics ---
     def observe(self, obs: torch.Tensor, rew: torch.Tensor, next_obs: torch.Tensor) -> None:
@@ -268,12 +262,7 @@ class STEVELearner(nn.Module):
             target, weights = steve_target(means, variances)
         q = self.q(torch.cat([obs, act], -1)).squeeze(-1)  # [Q, B]
         q_losses = 0.5 * ((q - target) ** 2).mean(dim=1)
-        # As in SAC: Q is evaluated with detached parameters so that the policy loss
-        # differentiates only into the actions; here through the ensemble's mean.
-        new_act, logp = self.policy(obs)
-        q_pi = self.q(torch.cat([obs, new_act], -1), detach_params=True).squeeze(-1).mean(0)
-        policy_loss = (alpha * logp - q_pi).mean()
-        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        policy_loss, alpha_loss, logp = self._actor_losses(obs, alpha)  # over the Q ensemble's mean
 
         stats = self._stats()
         delta_pred = self.dynamics(self._dynamics_input(obs, act, stats))  # [D, B, obs_dim]
@@ -295,24 +284,3 @@ class STEVELearner(nn.Module):
             weights.mean(dim=1),
         ]).detach()
         return total, metrics
-
-    def update(self, obs, act, rew, next_obs, done) -> torch.Tensor:
-        """One gradient step on every loss and the target-critic update; returns the metrics
-        as one tensor (order: ``self.metric_names``), read only when logged."""
-        total, metrics = self._losses(obs, act, rew, next_obs, done)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(self._q_target_params, self._q_params, self.sac_cfg.tau)
-        return metrics
-
-    def metrics_to_dict(self, metrics: torch.Tensor) -> Dict[str, float]:
-        return dict(zip(self.metric_names, metrics.tolist()))
-
-    def full_state_dict(self):
-        return {"module": self.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_full_state_dict(self, state):
-        self.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])

@@ -12,7 +12,7 @@ _CLASSES = {
     "sac": "mbpo_ray.algos.mbpo:MBPO",
     "pets": "mbpo_ray.algos.pets:PETS",
     "steve": "mbpo_ray.algos.steve:STEVE",
-    "rllib-sac": "mbpo_ray.runtime.rllib_sac:RLlibSAC",
+    "rllib-sac": "mbpo_ray.algos.rllib_sac:RLlibSAC",
 }
 
 

@@ -1,3 +1,4 @@
 from mbpo_ray.data.buffers import ReplayBuffer, model_buffer_capacity, sample_mixed
+from mbpo_ray.data.rows import RowLayout
 
-__all__ = ["ReplayBuffer", "model_buffer_capacity", "sample_mixed"]
+__all__ = ["ReplayBuffer", "RowLayout", "model_buffer_capacity", "sample_mixed"]

@@ -1,16 +1,16 @@
 """Preallocated ring buffers of transitions on the training device.
 
-A transition is stored as one row [obs | act | reward | next_obs | terminated] of a single
-[capacity, width] tensor, so a batch is one gather. ``terminated`` never includes time-limit
-truncation.
+A transition is stored as one row of a single [capacity, width] tensor, so a batch is one
+gather; the row layout is ``mbpo_ray.data.rows.RowLayout``'s. ``terminated`` never includes
+time-limit truncation.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 
-Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+from mbpo_ray.data.rows import Batch, RowLayout
 
 
 class ReplayBuffer:
@@ -18,7 +18,8 @@ class ReplayBuffer:
         if capacity < 1:
             raise ValueError(f"buffer capacity must be at least 1, got {capacity}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.width = 2 * obs_dim + act_dim + 2
+        self.layout = RowLayout(obs_dim, act_dim)
+        self.width = self.layout.width
         self.device = torch.device(device)
         self.storage = torch.zeros(capacity, self.width, device=self.device)
         self.ptr = 0   # next row to write
@@ -32,17 +33,15 @@ class ReplayBuffer:
         return self.size
 
     def add(self, obs, act, rew, next_obs, terminated) -> None:
-        """Add a batch of transitions (leading dim B; a single transition may omit it)."""
-        rows = torch.cat([
-            torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(-1, self.obs_dim),
-            torch.as_tensor(act, dtype=torch.float32, device=self.device).reshape(-1, self.act_dim),
-            torch.as_tensor(rew, dtype=torch.float32, device=self.device).reshape(-1, 1),
-            torch.as_tensor(next_obs, dtype=torch.float32, device=self.device).reshape(-1, self.obs_dim),
-            torch.as_tensor(terminated, dtype=torch.float32, device=self.device).reshape(-1, 1),
-        ], dim=1)
-        self.add_rows(rows)
+        """Add a batch of transitions (leading dim B; a single transition may omit it); tensors,
+        numpy arrays and Python numbers are accepted."""
+        def field(x):
+            return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        self.add_rows(self.layout.pack(field(obs), field(act), field(rew), field(next_obs),
+                                       field(terminated)))
 
     def add_rows(self, rows: torch.Tensor) -> None:
+        """Add rows [B, width] in ``self.layout`` (copied into the storage)."""
         n = rows.shape[0]
         if n == 0:
             return
@@ -73,9 +72,7 @@ class ReplayBuffer:
         self.add_rows(kept)
 
     def split(self, rows: torch.Tensor) -> Batch:
-        o, a = self.obs_dim, self.act_dim
-        return (rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1],
-                rows[:, -1])
+        return self.layout.split(rows)
 
     def sample_rows(self, n: int) -> torch.Tensor:
         idx = torch.randint(self.size, (n,), device=self.device)
@@ -85,6 +82,7 @@ class ReplayBuffer:
         return self.split(self.sample_rows(n))
 
     def all(self) -> Batch:
+        """Every stored transition, in storage order (not oldest first once wrapped)."""
         return self.split(self.storage[: self.size])
 
     def state_dict(self) -> Dict:
@@ -109,6 +107,8 @@ def sample_mixed(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, real_
 
 def model_buffer_capacity(retain_epochs: int, epoch_length: int, model_train_freq: int,
                           rollout_batch_size: int, rollout_length: int) -> int:
-    """retain_epochs x rollouts per epoch x k (REFERENCE.md section 2)."""
+    """D_model holds the rollouts of the last ``retain_epochs`` epochs: retain_epochs x
+    rollouts per epoch x k rows (the MBPO paper's released code; defaults in
+    docs/hyperparameters.md)."""
     rollouts_per_epoch = epoch_length * rollout_batch_size // model_train_freq
     return max(1, retain_epochs * rollouts_per_epoch * rollout_length)

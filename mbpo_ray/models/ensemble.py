@@ -1,4 +1,5 @@
-"""Bootstrap ensemble of probabilistic dynamics networks (REFERENCE.md section 3).
+"""Bootstrap ensemble of probabilistic dynamics networks (the MBPO paper's model, after PETS;
+sizes and defaults in docs/hyperparameters.md).
 
 Each member maps standardised (obs, action) to a diagonal Gaussian over [reward, delta_obs];
 next_obs = obs + delta. All members share one StackedMLP, so training evaluates the whole

@@ -1,16 +1,24 @@
 """Fitting the ensemble: Gaussian NLL, per-layer weight decay, bootstrap resampling, holdout
-early stopping with per-member snapshots, and elite selection (REFERENCE.md section 3)."""
+early stopping with per-member snapshots, and elite selection (the MBPO paper's model training,
+as its released code does it; every setting and its default in docs/hyperparameters.md).
+
+``fit_buffer`` (all of a ReplayBuffer, e.g. D_env) and ``fit_rows`` (transition rows, e.g. from
+a Ray buffer actor) build the inputs and targets with ``mbpo_ray.models.targets``; ``fit`` takes
+them ready-made."""
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 from mbpo_ray.config import ModelConfig
+from mbpo_ray.data.buffers import ReplayBuffer
+from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.models.ensemble import ProbabilisticEnsemble
+from mbpo_ray.models.targets import fit_data, fit_data_from_rows
 from mbpo_ray.nn import make_adam
 
 
@@ -36,6 +44,18 @@ class EnsembleTrainer:
         """MSE of each member's mean on the same data -> [E]."""
         mean, _ = self.model(inputs)
         return ((mean - targets) ** 2).mean(dim=(1, 2))
+
+    def fit_buffer(self, buffer: ReplayBuffer) -> Dict[str, float]:
+        """Fit on every transition stored in ``buffer`` (in its storage order)."""
+        obs, act, rew, next_obs, _ = buffer.all()
+        return self.fit(*fit_data(obs, act, rew, next_obs))
+
+    def fit_rows(self, rows: torch.Tensor, layout: Optional[RowLayout] = None) -> Dict[str, float]:
+        """Fit on transition rows [N, width] (``layout`` defaults to the model's dims); the rows
+        should already be on the model's device."""
+        if layout is None:
+            layout = RowLayout(self.model.obs_dim, self.model.act_dim)
+        return self.fit(*fit_data_from_rows(rows, layout))
 
     def fit(self, inputs: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
         """Fit on all of D_env: inputs [N, obs+act], targets [N, 1 + obs] ([reward, delta])."""
@@ -104,7 +124,8 @@ class EnsembleTrainer:
         fit_failed = not (math.isfinite(train_loss) and bool(torch.isfinite(holdout_mse).all())
                           and all(bool(torch.isfinite(p).all()) for p in model.parameters()))
         if fit_failed:
-            # DESIGN.md section 4: a NaN or exploding fit is discarded; the last good weights stay.
+            # A NaN or exploding fit is discarded: the last good weights (and optimiser state)
+            # stay, and model/fit_failed reports it.
             model.load_state_dict(good_state)
             self.optimizer.load_state_dict(good_opt)
             holdout_mse = self.member_mse(holdout_in, holdout_tg)

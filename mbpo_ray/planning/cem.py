@@ -1,4 +1,4 @@
-"""Cross-entropy method over action sequences (PETS's optimiser; REFERENCE.md section 7).
+"""Cross-entropy method over action sequences (the optimiser of PETS, Chua et al. 2018).
 
 ``CEMOptimizer`` minimises a batched cost ``cost(plans [population, horizon, act_dim]) ->
 [population]`` over plans inside the box [lower, upper]:

@@ -1,6 +1,3 @@
-"""Runtimes: where an algorithm's work happens. ``LocalRuntime`` runs everything in one
-process; the algorithm loops in ``mbpo_ray.algos`` only talk to the ``Runtime`` interface."""
-from mbpo_ray.runtime.base import Runtime
-from mbpo_ray.runtime.local import LocalRuntime
-
-__all__ = ["Runtime", "LocalRuntime"]
+"""Runtimes: where an algorithm's work happens. ``local``: everything in one process;
+``ray/``: one run as a group of Ray actors. Algorithms build one with ``factory.make_runtime``
+and use it through the interfaces of ``base`` only; nothing here imports ``mbpo_ray.algos``."""

@@ -1,10 +1,23 @@
+"""The interfaces between algorithms and runtimes.
+
+An algorithm's loop (``mbpo_ray.algos``) asks a runtime for work (an env step, a model fit,
+rollouts, agent updates, an evaluation) through these interfaces only; it builds its runtime
+with ``mbpo_ray.runtime.factory.make_runtime``. A runtime never knows which algorithm drives it.
+See docs/architecture.md.
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+
+# (obs_dim, act_dim, cfg, device) -> the learner a runtime trains (SAC unless an algorithm passes
+# its own, e.g. STEVE's). It offers ``policy``, ``update(*batch)``, ``observe(obs, rew, next_obs)``,
+# ``metric_names``, ``full_state_dict()`` and ``load_full_state_dict()``.
+AgentBuilder = Callable[[int, int, Any, Any], Any]
 
 
 class Runtime(Protocol):
-    """The operations an algorithm loop asks for. Each returns plain-Python metrics."""
+    """The step-by-step operations of an MBPO-style loop. Each returns plain-Python metrics."""
 
     def env_step(self, random_action: bool) -> Optional[float]:
         """Step the training env once with the current policy (or a uniform random action);
@@ -21,10 +34,10 @@ class Runtime(Protocol):
         """Branch rollouts from real start states into D_model (resized first if needed)."""
 
     def update_agent(self, num_updates: int, real_ratio: float) -> None:
-        """num_updates SAC gradient steps on batches mixing real_ratio real data."""
+        """num_updates agent gradient steps on batches mixing real_ratio real data."""
 
     def agent_metrics(self) -> Dict[str, float]:
-        """Mean SAC metrics since the last call."""
+        """Mean agent metrics since the last call."""
 
     def runtime_metrics(self) -> Dict[str, float]:
         """perf/ metrics of the runtime itself (per-actor throughput, weight lags) since the
@@ -36,3 +49,51 @@ class Runtime(Protocol):
     def state_dict(self) -> Dict[str, Any]: ...
 
     def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+    def close(self) -> None:
+        """Release what the runtime holds outside this process (actors, a Ray instance)."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One piece of work started on an ``AsyncRuntime`` and not yet waited for.
+
+    ``kind`` is "collect", "fit", "rollout" or "update"; ``index`` the collector or rollout
+    worker that runs it. ``handle`` belongs to the runtime (what it waits on, and what it needs
+    to start the work again if the worker running it dies)."""
+
+    kind: str
+    index: int = 0
+    handle: Any = field(default=None, repr=False)
+
+
+class AsyncRuntime(Runtime, Protocol):
+    """A runtime whose work can overlap: the loop starts jobs and waits for whichever ends
+    first. A worker that dies while running a job is recreated and the job started again
+    inside ``wait_any``; the loop only ever sees finished jobs."""
+
+    @property
+    def num_collectors(self) -> int: ...
+
+    def start_collect(self, collector: int, num_steps: int, num_random: int) -> Job:
+        """``num_steps`` env steps on one collector (the first ``num_random`` uniform random),
+        with the newest policy; their transitions go to D_env. Result: ``steps``,
+        ``finished_returns``."""
+
+    def start_fit(self) -> Job:
+        """Refit the ensemble on D_env; the fit's weights are used by rollouts started after
+        it finished. Result: the fit's model/ metrics."""
+
+    def start_rollouts(self, num_start_states: int, rollout_length: int,
+                       model_buffer_capacity: int) -> List[Job]:
+        """Branched rollouts with the newest model and policy, split over the rollout workers.
+        Result of each: its rollout/ metrics; ``merge_rollout_metrics`` combines them."""
+
+    def start_update(self, num_updates: int, real_ratio: float) -> Job:
+        """Agent updates; the policy they produce is published when the job is waited for.
+        Result: ``updates``."""
+
+    def wait_any(self, jobs: Sequence[Job]) -> Tuple[Job, Dict[str, Any]]:
+        """Block until one of ``jobs`` finished; return it with its result."""
+
+    def merge_rollout_metrics(self, parts: List[Dict[str, Any]]) -> Dict[str, float]: ...

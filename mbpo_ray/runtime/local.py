@@ -3,27 +3,21 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
 from mbpo_ray.agents.metrics import MetricMean
-from mbpo_ray.agents.sac import METRIC_NAMES, SAC
+from mbpo_ray.agents.sac import SAC
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
-from mbpo_ray.envs import get_env_state, make_env, set_env_state, termination_fn
+from mbpo_ray.envs import TrainingEnv, make_env, termination_fn
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
-from mbpo_ray.rollout import branched_rollout
+from mbpo_ray.models.rollout import branched_rollout
+from mbpo_ray.runtime.base import AgentBuilder
 
 
-class ActionScaler:
-    """Policies act in [-1, 1]; envs get actions in their own box."""
-
-    def __init__(self, space):
-        self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
-
-    def to_env(self, action: np.ndarray) -> np.ndarray:
-        return self.low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self.high - self.low)
+def default_agent(obs_dim: int, act_dim: int, cfg: TrainConfig, device: torch.device) -> SAC:
+    return SAC(obs_dim, act_dim, cfg.sac, device)
 
 
 class AgentRuntime:
@@ -32,56 +26,39 @@ class AgentRuntime:
     for algorithms whose loop adds no model data (real_ratio 1); ``LocalRuntime`` adds MBPO's
     model, D_model and rollouts."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device, make_agent: Optional[AgentBuilder] = None):
         self.cfg, self.device = cfg, device
-        self.env = make_env(cfg.env_id, seed=cfg.seed)
+        self.train_env = TrainingEnv(cfg.env_id, cfg.seed)
         self.eval_env = make_env(cfg.env_id)
-        self.obs_dim = self.env.observation_space.shape[0]
-        self.act_dim = self.env.action_space.shape[0]
-        self.scaler = ActionScaler(self.env.action_space)
-        self.action_rng = np.random.default_rng(cfg.seed)
+        self.obs_dim, self.act_dim = self.train_env.obs_dim, self.train_env.act_dim
+        self.scaler = self.train_env.scaler
 
-        self.agent, metric_names = self.make_agent()
+        self.agent = (make_agent or default_agent)(self.obs_dim, self.act_dim, cfg, device)
         real_capacity = min(cfg.sac.replay_size, cfg.total_steps)
         self.real_buffer = ReplayBuffer(self.obs_dim, self.act_dim, real_capacity, device)
-
-        self.obs, _ = self.env.reset(seed=cfg.seed)
-        self.episode_return, self.episode_length = 0.0, 0
-        self.metrics = MetricMean(metric_names, device)
-
-    def make_agent(self):
-        """The learner and the names of the metrics its ``update`` returns."""
-        return SAC(self.obs_dim, self.act_dim, self.cfg.sac, self.device), METRIC_NAMES
+        self.metrics = MetricMean(self.agent.metric_names, device)
 
     # --- env ---
     def env_step(self, random_action: bool) -> Optional[float]:
+        env = self.train_env
         if random_action:
-            action = self.action_rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+            action = env.random_action()
         else:
-            obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)[None]
+            obs_t = torch.as_tensor(env.obs, dtype=torch.float32, device=self.device)[None]
             action = self.agent.policy.act(obs_t)[0].cpu().numpy()
-        next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
-        # Time-limit truncation is not terminal: only `terminated` is stored.
-        # One row [obs | act | reward | next_obs | terminated], the buffer's layout.
-        row = np.concatenate([self.obs, action, [reward], next_obs, [float(terminated)]])
-        row = torch.as_tensor(row.astype(np.float32), device=self.device)[None]
+        step = env.step(action)
+        row = self.real_buffer.layout.pack_numpy(step.obs, step.action, step.reward, step.next_obs, step.terminated)
+        row = torch.as_tensor(row, device=self.device)[None]
         self.real_buffer.add_rows(row)
-        self.observe(row)
-        self.episode_return += float(reward)
-        self.episode_length += 1
-        self.obs = next_obs
-        if terminated or truncated:
-            finished = self.episode_return
-            self.obs, _ = self.env.reset()
-            self.episode_return, self.episode_length = 0.0, 0
-            return finished
-        return None
-
-    def observe(self, row: torch.Tensor) -> None:
-        """Called with each real transition (a [1, width] row) after it is stored."""
+        obs, _, rew, next_obs, _ = self.real_buffer.layout.split(row)
+        self.agent.observe(obs, rew, next_obs)
+        return None if step.finished is None else step.finished[0]
 
     def real_size(self) -> int:
         return len(self.real_buffer)
+
+    def close(self) -> None:
+        """Nothing outside this process to release."""
 
     # --- model (none here) ---
     def fit_model(self) -> Dict[str, float]:
@@ -118,10 +95,7 @@ class AgentRuntime:
         return {
             "agent": self.agent.full_state_dict(),
             "real_buffer": self.real_buffer.state_dict(),
-            "env": get_env_state(self.env),
-            "obs": np.array(self.obs),
-            "episode": (self.episode_return, self.episode_length),
-            "action_rng": self.action_rng.bit_generator.state,
+            **self.train_env.state_dict(),
             **self.metrics.state_dict(),
         }
 
@@ -131,18 +105,15 @@ class AgentRuntime:
         # A resumed run may have been given more steps: D_env grows, it never drops data.
         wanted = min(self.cfg.sac.replay_size, self.cfg.total_steps)
         self.real_buffer.resize(max(wanted, self.real_buffer.capacity))
-        set_env_state(self.env, state["env"])
-        self.obs = state["obs"]
-        self.episode_return, self.episode_length = state["episode"]
-        self.action_rng.bit_generator.state = state["action_rng"]
+        self.train_env.load_state_dict(state)
         self.metrics.load_state_dict(state)
 
 
 class LocalRuntime(AgentRuntime):
     """Everything of an MBPO run in this process: env, D_env, D_model, ensemble, SAC."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        super().__init__(cfg, device)
+    def __init__(self, cfg: TrainConfig, device: torch.device, make_agent: Optional[AgentBuilder] = None):
+        super().__init__(cfg, device, make_agent)
         self.termination = termination_fn(cfg.env_id)
         self.model = ProbabilisticEnsemble(self.obs_dim, self.act_dim, cfg.model).to(device)
         self.model_trainer = EnsembleTrainer(self.model, cfg.model)
@@ -150,10 +121,7 @@ class LocalRuntime(AgentRuntime):
 
     # --- model ---
     def fit_model(self) -> Dict[str, float]:
-        obs, act, rew, next_obs, _ = self.real_buffer.all()
-        inputs = torch.cat([obs, act], dim=-1)
-        targets = torch.cat([rew[:, None], next_obs - obs], dim=-1)
-        return self.model_trainer.fit(inputs, targets)
+        return self.model_trainer.fit_buffer(self.real_buffer)
 
     def generate_rollouts(self, num_start_states: int, rollout_length: int,
                           model_buffer_capacity: int) -> Dict[str, float]:

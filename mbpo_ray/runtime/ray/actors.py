@@ -1,6 +1,6 @@
-"""The roles of one MBPO run on Ray (DESIGN.md section 2), as plain classes.
+"""The roles of one MBPO run on Ray (docs/architecture.md), as plain classes.
 
-``mbpo_ray.runtime.ray_runtime`` turns them into Ray actors with the resources of
+``mbpo_ray.runtime.ray.group`` turns them into Ray actors with the resources of
 ``RayConfig``; they never import ray themselves except to call another actor, so each role can
 also be built and tested in-process. Transitions travel as packed float32 rows
 [obs | act | reward | next_obs | terminated] (``ReplayBuffer``'s layout), in numpy arrays that
@@ -18,17 +18,21 @@ from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.sac import METRIC_NAMES, SAC, TanhGaussianPolicy
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
-from mbpo_ray.envs import get_env_state, make_env, set_env_state, termination_fn
+from mbpo_ray.data.rows import RowLayout
+from mbpo_ray.devices import resolve_device
+from mbpo_ray.envs import TrainingEnv, make_env, termination_fn
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
-from mbpo_ray.rollout import branched_rollout
+from mbpo_ray.models.rollout import branched_rollout
 
 
 def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
-    """The device of an actor: a GPU only when Ray assigned it one. Ray sets
-    CUDA_VISIBLE_DEVICES to the assigned GPU, so "cuda" inside the actor is that GPU."""
-    if gpus > 0 and cfg.device in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """The device of an actor, by the one device rule (``mbpo_ray.devices``) applied to
+    ``cfg.device`` and the GPUs Ray assigned this actor (none when it asked for none; Ray sets
+    CUDA_VISIBLE_DEVICES to the assigned GPUs, so inside the actor they are cuda:0, ...)."""
+    import ray
+
+    gpu_ids = list(ray.get_gpu_ids()) if gpus > 0 and ray.is_initialized() else []
+    return resolve_device(cfg.device, gpu_ids=gpu_ids)
 
 
 def set_threads(cpus: float) -> None:
@@ -60,21 +64,14 @@ class EnvCollector(Role):
     calls, so a killed collector loses only its unfinished episode's bookkeeping)."""
 
     def __init__(self, cfg: TrainConfig, seed: int, cpus: float = 1.0):
-        from mbpo_ray.runtime.local import ActionScaler
-
         set_threads(cpus)
         torch.manual_seed(seed)
         self.cfg = cfg
-        self.env = make_env(cfg.env_id, seed=seed)
-        self.scaler = ActionScaler(self.env.action_space)
-        self.obs_dim = self.env.observation_space.shape[0]
-        self.act_dim = self.env.action_space.shape[0]
-        self.action_rng = np.random.default_rng(seed)
-        self.policy = TanhGaussianPolicy(self.obs_dim, self.act_dim, cfg.sac.hidden_width,
+        self.train_env = TrainingEnv(cfg.env_id, seed)
+        self.policy = TanhGaussianPolicy(self.train_env.obs_dim, self.train_env.act_dim, cfg.sac.hidden_width,
                                          cfg.sac.num_hidden_layers)
+        self.layout = RowLayout(self.train_env.obs_dim, self.train_env.act_dim)
         self.policy_version = -1
-        self.obs, _ = self.env.reset(seed=seed)
-        self.episode_return, self.episode_length = 0.0, 0
         self.steps = 0
 
     def set_policy(self, policy: Dict[str, Any]) -> None:
@@ -83,26 +80,16 @@ class EnvCollector(Role):
         self.policy_version = policy["version"]
 
     def _step(self, random_action: bool) -> Tuple[np.ndarray, Optional[float]]:
+        env = self.train_env
         if random_action:
-            action = self.action_rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+            action = env.random_action()
         else:
             with torch.no_grad():
-                action = self.policy.act(torch.as_tensor(self.obs, dtype=torch.float32)[None])[0].numpy()
-        next_obs, reward, terminated, truncated, _ = self.env.step(self.scaler.to_env(action))
-        # Time-limit truncation is not terminal: only `terminated` is stored.
-        row = np.concatenate([np.asarray(self.obs, np.float32), action.astype(np.float32),
-                              [np.float32(reward)], np.asarray(next_obs, np.float32),
-                              [np.float32(terminated)]])
-        self.episode_return += float(reward)
-        self.episode_length += 1
-        self.obs = next_obs
+                action = self.policy.act(torch.as_tensor(env.obs, dtype=torch.float32)[None])[0].numpy()
+        step = env.step(action)
         self.steps += 1
-        finished = None
-        if terminated or truncated:
-            finished = self.episode_return
-            self.obs, _ = self.env.reset()
-            self.episode_return, self.episode_length = 0.0, 0
-        return row, finished
+        row = self.layout.pack_numpy(step.obs, step.action, step.reward, step.next_obs, step.terminated)
+        return row, None if step.finished is None else step.finished[0]
 
     def collect(self, num_steps: int, num_random: int, buffer, ticket: Tuple[str, int],
                 policy: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -129,16 +116,10 @@ class EnvCollector(Role):
                 "steps": num_steps, "seconds": time.perf_counter() - start, "real_added": real_added}
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"env": get_env_state(self.env), "obs": np.array(self.obs),
-                "episode": (self.episode_return, self.episode_length),
-                "action_rng": self.action_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                "steps": self.steps}
+        return {**self.train_env.state_dict(), "torch_rng": torch.get_rng_state(), "steps": self.steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        set_env_state(self.env, state["env"])
-        self.obs = state["obs"]
-        self.episode_return, self.episode_length = state["episode"]
-        self.action_rng.bit_generator.state = state["action_rng"]
+        self.train_env.load_state_dict(state)
         torch.set_rng_state(state["torch_rng"])
         self.steps = state["steps"]
 
@@ -222,12 +203,6 @@ class BufferActor(Role):
         torch.set_rng_state(state["torch_rng"])
 
 
-def rows_to_fit_data(rows: torch.Tensor, obs_dim: int, act_dim: int):
-    o, a = obs_dim, act_dim
-    obs, act, rew, next_obs = rows[:, :o], rows[:, o:o + a], rows[:, o + a], rows[:, o + a + 1:2 * o + a + 1]
-    return torch.cat([obs, act], dim=-1), torch.cat([rew[:, None], next_obs - obs], dim=-1)
-
-
 class ModelTrainer(Role):
     """Refits the ensemble on D_env; each fit publishes a new weights version."""
 
@@ -236,15 +211,13 @@ class ModelTrainer(Role):
         set_threads(cpus)
         torch.manual_seed(seed)
         self.device = actor_device(cfg, gpus)
-        self.obs_dim, self.act_dim = obs_dim, act_dim
         self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
         self.trainer = EnsembleTrainer(self.model, cfg.model)
         self.version = 0
 
     def fit(self, rows: np.ndarray) -> Tuple[Dict[str, float], Dict[str, Any]]:
         start = time.perf_counter()
-        inputs, targets = rows_to_fit_data(torch.from_numpy(rows).to(self.device), self.obs_dim, self.act_dim)
-        metrics = self.trainer.fit(inputs, targets)
+        metrics = self.trainer.fit_rows(torch.from_numpy(rows).to(self.device))
         self.version += 1
         metrics["model/version"] = self.version
         metrics["model/actor_seconds"] = time.perf_counter() - start
@@ -269,7 +242,7 @@ class ModelTrainer(Role):
 
 
 class RolloutWorker(Role):
-    """Branched rollouts (``mbpo_ray.rollout.branched_rollout``) with given model and policy
+    """Branched rollouts (``mbpo_ray.models.rollout.branched_rollout``) with given model and policy
     weights, from given start states; the transitions go straight to the buffer actor."""
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,

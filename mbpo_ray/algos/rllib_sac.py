@@ -1,5 +1,5 @@
 """RLlib's SAC (new API stack) as an ``Algorithm``: an external reference implementation of the
-model-free SAC baseline (REFERENCE.md section 7), driven by ``mbpo_ray.train`` like every other
+model-free SAC baseline (docs/baselines.md, "rllib-sac"), driven by ``mbpo_ray.train`` like every other
 algorithm, so its run directory, metric keys and stop/resume behaviour are the same.
 
 How our config maps onto RLlib's ``SACConfig`` (``rllib_sac_config`` builds it):
@@ -62,15 +62,16 @@ import math
 import os
 import pickle
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
+from mbpo_ray.algos.records import EpochTimer, epoch_of, epoch_record, eval_seed
 from mbpo_ray.config import TrainConfig
-from mbpo_ray.envs import make_env
+from mbpo_ray.devices import resolve_device
+from mbpo_ray.envs import ActionScaler, make_env
 from mbpo_ray.errors import ConfigError
 from mbpo_ray.evaluation import evaluate_policy
 
@@ -252,13 +253,10 @@ class RLlibSAC:
     title = "RLlib SAC"
 
     def __init__(self, cfg: TrainConfig, device, run_path: Path):
-        from mbpo_ray.runtime.local import ActionScaler
-
         check_supported(cfg)
         self.cfg, self.run_path = cfg, Path(run_path)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        if self.device.type not in ("cpu", "cuda"):  # RLlib's torch learner: CPU or CUDA only
-            self.device = torch.device("cpu")
+        # validation refuses mps for rllib-sac: RLlib's learner runs on the CPU or CUDA only
+        self.device = resolve_device(cfg.device) if device is None else torch.device(device)
         self.eval_env = make_env(cfg.env_id)
         self.scaler = ActionScaler(self.eval_env.action_space)
         self._started_ray = False
@@ -272,6 +270,7 @@ class RLlibSAC:
             raise
 
         self._env_steps = 0
+        self._timer = EpochTimer(("rllib_train", "eval"), 0)
         self._last_eval: Optional[float] = None
         self._last_learner: Dict[str, Any] = {}
         self._reset_epoch_stats()
@@ -326,10 +325,7 @@ class RLlibSAC:
         return self._last_eval
 
     def _reset_epoch_stats(self) -> None:
-        self._epoch_start = time.perf_counter()
-        self._epoch_start_steps = self._env_steps
         self._return_sum, self._episodes, self._updates = 0.0, 0, 0
-        self._train_seconds = 0.0
 
     def step(self) -> Optional[Dict[str, Any]]:
         """One RLlib ``train()`` iteration; the epoch's record when it reached an epoch end."""
@@ -337,9 +333,7 @@ class RLlibSAC:
                                              NUM_ENV_STEPS_SAMPLED_LIFETIME, NUM_ENV_STEPS_TRAINED)
 
         before = self._env_steps
-        t0 = time.perf_counter()
-        result = self.algo.train()
-        self._train_seconds += time.perf_counter() - t0
+        result = self._timer.timed("rllib_train", self.algo.train)
         runners = result.get(ENV_RUNNER_RESULTS, {})
         self._env_steps = int(runners.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, before))
         if self._env_steps <= before:
@@ -359,25 +353,20 @@ class RLlibSAC:
 
     def _end_epoch(self) -> Dict[str, Any]:
         cfg = self.cfg
-        epoch = (self._env_steps - 1) // cfg.mbpo.epoch_length
-        eval_seed = 1_000_000 + cfg.seed * 10_000 + epoch * cfg.eval_episodes
-        t0 = time.perf_counter()
-        evaluation = self.evaluate(cfg.eval_episodes, eval_seed)
-        eval_seconds = time.perf_counter() - t0
+        seed = eval_seed(cfg.seed, epoch_of(self._env_steps, cfg.mbpo.epoch_length), cfg.eval_episodes)
+        evaluation = self._timer.timed("eval", self.evaluate, cfg.eval_episodes, seed)
         self._last_eval = evaluation["eval/return_mean"]
-        wall = time.perf_counter() - self._epoch_start
-        record: Dict[str, Any] = {"env_steps": self._env_steps, "epoch": epoch}
-        if self._episodes:
+        record = epoch_record(self._env_steps, cfg.mbpo.epoch_length, [])
+        if self._episodes:  # RLlib reports the epoch's episodes as a sum and a count
             record["train/episode_return"] = self._return_sum / self._episodes
             record["train/episodes"] = self._episodes
         if self._updates:
             record["train/updates"] = self._updates
             record.update(self._learner_metrics())
         record.update(evaluation)
-        record["perf/sps"] = (self._env_steps - self._epoch_start_steps) / max(wall, 1e-9)
-        record["perf/epoch_seconds"] = wall
-        record["perf/rllib_train_seconds"] = self._train_seconds
-        record["perf/eval_seconds"] = eval_seconds
+        perf = self._timer.perf(self._env_steps)
+        record.update({key: perf[key] for key in ("perf/sps", "perf/epoch_seconds", "perf/rllib_train_seconds",
+                                                  "perf/eval_seconds")})
         self._reset_epoch_stats()
         return record
 
@@ -420,7 +409,7 @@ class RLlibSAC:
     # --- checkpoints ---
     def _bookkeeping(self) -> Dict[str, Any]:
         return {"format": STATE_FORMAT, "env_steps": self._env_steps, "last_eval": self._last_eval,
-                "epoch_start_steps": self._epoch_start_steps, "return_sum": self._return_sum,
+                "epoch_start_steps": self._timer.start_steps, "return_sum": self._return_sum,
                 "episodes": self._episodes, "updates": self._updates}
 
     def state_dict(self) -> Dict[str, Any]:
@@ -464,7 +453,7 @@ class RLlibSAC:
         self._env_steps = saved["env_steps"]
         self._last_eval = saved["last_eval"]
         self._reset_epoch_stats()
-        self._epoch_start_steps = saved["epoch_start_steps"]
+        self._timer.restart(saved["epoch_start_steps"])
         self._return_sum, self._episodes = saved["return_sum"], saved["episodes"]
         self._updates = saved["updates"]
         restored = self.rllib_env_steps()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The device checks of one GPU machine, in one go (a few minutes): the device rule on a real
+# GPU, a short MBPO run on the GPU, and the hot-path timings (benchmarks/hot_paths.py) on the
+# GPU. Python packages the machine lacks come as wheels in .whl/ (gymnasium, mujoco); the
+# package runs from the source tree (PYTHONPATH). Optional: an older source tree in .before/
+# for a before/after pair. Writes its JSON and logs to $OUT (default benchmarks/results/gpu).
+set -uo pipefail
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia_smi.txt"
+python3 - <<'PY' 2>&1 | tee "$OUT/device_rule.txt"
+import torch
+from mbpo_ray.devices import resolve_device
+from mbpo_ray.errors import ConfigError
+print("torch", torch.__version__, "cuda devices", torch.cuda.device_count())
+for spec, ids in (("auto", None), ("cuda", None), ("cuda:0", None), ("auto", [0]), ("cuda", [0]), ("auto", [])):
+    print(f"resolve_device({spec!r}, gpu_ids={ids}) ->", resolve_device(spec, gpu_ids=ids))
+for spec in ("cuda:%d" % torch.cuda.device_count(), "mps"):
+    try:
+        resolve_device(spec)
+        print(spec, "-> accepted (WRONG)")
+    except ConfigError as e:
+        print(spec, "-> ConfigError:", e)
+PY
+python3 -m mbpo_ray.cli train --env InvertedPendulum-v5 --steps 1000 --device cuda --out /tmp/gpu_run \
+  --set eval_episodes=2 --no-progress 2>&1 | tail -3 | tee "$OUT/train_cuda.txt"
+python3 - <<'PY' 2>&1 | tee -a "$OUT/train_cuda.txt"
+import torch
+state = torch.load("/tmp/gpu_run/checkpoint.pt", map_location="cpu", weights_only=False)
+print("checkpoint env_steps", state["env_steps"])
+PY
+python3 benchmarks/hot_paths.py --label after --device cuda --threads 4 --out "$OUT/hot_paths_after.json" 2>&1 | tail -25
+if [ -d .before ]; then
+  PYTHONPATH=$PWD/.before:${PYTHONPATH#$PWD:} python3 benchmarks/hot_paths.py --label before --device cuda --threads 4 \
+    --out "$OUT/hot_paths_before.json" 2>&1 | tail -25
+fi

@@ -1,0 +1,151 @@
+"""MBPO with collection, model fitting, rollouts and SAC updates overlapped, over an
+``AsyncRuntime`` (the Ray runtime's ``ray.schedule: async``).
+
+The same quantities as the step-by-step loop (``mbpo_loop``), decoupled in time:
+  * collectors step in chunks of ``ray.collector_chunk`` env steps, each with the newest
+    policy the learner has published when the chunk starts;
+  * once ``mbpo.model_train_freq`` more env steps have arrived, the model is refit (in the
+    background) and, as soon as that fit is published, rollouts of length k(epoch) are
+    branched from real states into D_model;
+  * the learner runs SAC updates in chunks of ``ray.learner_chunk``. The rate limiter is
+    cumulative: the learner may start a chunk while its total updates stay at most
+    ``max_updates_per_step`` x env steps since the warm-up, and the collectors are held back
+    while the total falls below ``min_updates_per_step`` x env steps, less one chunk per
+    collector of slack.
+At each epoch boundary the record is written as in the step-by-step loop, with the achieved
+update ratio (this epoch's and the run's) under perf/.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+from mbpo_ray.algos.mbpo_loop import MBPOLoop
+from mbpo_ray.config import TrainConfig
+from mbpo_ray.runtime.base import AsyncRuntime, Job
+
+
+class AsyncMBPOLoop(MBPOLoop):
+    def __init__(self, cfg: TrainConfig, runtime: AsyncRuntime, state=None):
+        super().__init__(cfg, runtime, state)
+        r, b = cfg.ray, cfg.mbpo
+        self.max_ratio = b.updates_per_step if r.max_updates_per_step is None else r.max_updates_per_step
+        self.min_ratio = self.max_ratio if r.min_updates_per_step is None else r.min_updates_per_step
+        sched = self.state.schedule
+        sched.setdefault("updates", 0)
+        sched.setdefault("next_fit_at", b.init_random_steps)
+        self.jobs: List[Job] = []                 # started, not yet waited for
+        self.launched_steps = self.state.env_steps  # env steps handed to collectors so far
+        self.idle_collectors = set(range(runtime.num_collectors))
+        self.last_launch: Dict[int, int] = {}     # collectors take turns
+        self.rollout_parts: List[Dict[str, Any]] = []
+        self.epoch_updates_start = (sched["updates"], self.state.env_steps)
+        self.epoch_wait_seconds = 0.0
+
+    def busy(self, kind: str) -> bool:
+        return any(job.kind == kind for job in self.jobs)
+
+    def since_warmup(self, steps: int) -> int:
+        return max(0, steps - self.cfg.mbpo.init_random_steps)
+
+    # --- what may start now ---
+    def launch(self) -> None:
+        cfg, b, rt, st, sched = self.cfg, self.cfg.mbpo, self.runtime, self.state, self.state.schedule
+        # a model refit once its env steps have arrived (rollouts follow when it is published)
+        if self.uses_model and not self.busy("fit") and not self.busy("rollout") \
+                and st.env_steps >= sched["next_fit_at"]:
+            while sched["next_fit_at"] <= st.env_steps:
+                sched["next_fit_at"] += b.model_train_freq
+            self.jobs.append(rt.start_fit())
+        # SAC updates, up to the upper bound of the rate limiter
+        owed = int(self.max_ratio * self.since_warmup(st.env_steps)) - sched["updates"]
+        if (not self.busy("update") and owed >= 1 and st.env_steps > b.init_random_steps
+                and rt.real_size() >= b.min_real_before_updates):
+            self.jobs.append(rt.start_update(min(cfg.ray.learner_chunk, owed), b.real_ratio))
+        # collectors, unless the learner is more than one chunk per collector behind
+        slack = self.min_ratio * cfg.ray.collector_chunk * rt.num_collectors
+        for index in sorted(self.idle_collectors, key=lambda i: self.last_launch.get(i, -1)):
+            remaining = cfg.total_steps - self.launched_steps
+            behind = self.min_ratio * self.since_warmup(self.launched_steps) - sched["updates"]
+            if remaining <= 0 or behind > slack:
+                break
+            n = min(cfg.ray.collector_chunk, remaining)
+            num_random = min(n, max(0, b.init_random_steps - self.launched_steps))
+            self.last_launch[index] = self.launched_steps
+            self.jobs.append(rt.start_collect(index, n, num_random))
+            self.idle_collectors.discard(index)
+            self.launched_steps += n
+
+    # --- what has finished ---
+    def wait_one(self) -> None:
+        rt, st = self.runtime, self.state
+        t0 = time.perf_counter()
+        job, out = rt.wait_any(self.jobs)
+        self.epoch_wait_seconds += time.perf_counter() - t0
+        self.jobs.remove(job)
+        if job.kind == "collect":
+            st.env_steps += out["steps"]
+            st.episode_returns.extend(out["finished_returns"])
+            self.idle_collectors.add(job.index)
+        elif job.kind == "update":
+            st.schedule["updates"] += out["updates"]
+        elif job.kind == "fit":
+            st.model_metrics = out
+            k = self.rollout_length()
+            self.rollout_parts = []
+            self.jobs.extend(rt.start_rollouts(self.start_states_per_rollout, k, self.model_buffer_capacity(k)))
+        elif job.kind == "rollout":
+            self.rollout_parts.append(out)
+            if not self.busy("rollout"):
+                st.rollout_metrics = rt.merge_rollout_metrics(self.rollout_parts)
+
+    def drain(self) -> None:
+        """Wait for everything in flight (before a checkpoint or the end of the run); a fit
+        that finishes here starts its rollouts, and they are waited for too."""
+        while self.jobs:
+            self.wait_one()
+
+    # --- the loop ---
+    def step(self) -> Optional[Dict[str, Any]]:
+        cfg, st = self.cfg, self.state
+        epoch_before = st.env_steps // cfg.mbpo.epoch_length
+
+        def epoch_ended() -> bool:
+            return st.env_steps // cfg.mbpo.epoch_length > epoch_before or st.env_steps >= cfg.total_steps
+        while not epoch_ended():
+            self.launch()
+            if not self.jobs:
+                break
+            self.wait_one()
+        if st.env_steps >= cfg.total_steps:
+            self.finish_updates()
+        return self.end_epoch() if epoch_ended() else None
+
+    def finish_updates(self) -> None:
+        """At the end of the run: let the learner reach the lower bound of the ratio."""
+        self.drain()
+        b, sched = self.cfg.mbpo, self.state.schedule
+        while int(self.min_ratio * self.since_warmup(self.state.env_steps)) > sched["updates"] \
+                and self.runtime.real_size() >= b.min_real_before_updates:
+            self.launch()
+            if not self.jobs:
+                break
+            self.drain()
+
+    def end_epoch(self) -> Dict[str, Any]:
+        sched, st = self.state.schedule, self.state
+        updates0, steps0 = self.epoch_updates_start
+        record = super().end_epoch()
+        steps = self.since_warmup(st.env_steps) - self.since_warmup(steps0)
+        if steps > 0:
+            record["perf/updates_per_env_step"] = (sched["updates"] - updates0) / steps
+        record["perf/updates_per_env_step_total"] = sched["updates"] / max(1, self.since_warmup(st.env_steps))
+        record["perf/driver_wait_seconds"] = self.epoch_wait_seconds
+        self.epoch_updates_start = (sched["updates"], st.env_steps)
+        self.epoch_wait_seconds = 0.0
+        return record
+
+    def state_dict(self) -> Dict[str, Any]:
+        self.drain()
+        self.launched_steps = self.state.env_steps
+        return super().state_dict()

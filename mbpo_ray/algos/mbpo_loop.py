@@ -1,0 +1,102 @@
+"""The MBPO loop (Janner et al. 2019, Algorithm 2), written against the ``Runtime`` interface.
+
+Per env step t (after the uniform-random warm-up):
+  * every model_train_freq steps: refit the ensemble on D_env;
+  * every rollout_freq steps: branch rollouts of length k(epoch) from real states into D_model
+    (resized to retain_epochs x rollouts per epoch x k);
+  * one env step with the current policy into D_env;
+  * G SAC updates on batches with real_ratio real data.
+At each epoch end: evaluate the deterministic policy, log one metrics record, checkpoint.
+The loop position is the env step counter alone, so a run can stop after any step and resume.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from mbpo_ray.algos.records import EpochTimer, epoch_of, epoch_record, eval_seed
+from mbpo_ray.config import TrainConfig
+from mbpo_ray.data.buffers import model_buffer_capacity
+from mbpo_ray.models.rollout import rollout_length
+from mbpo_ray.runtime.base import Runtime
+
+PHASES = ("env", "model", "rollout", "sac", "eval")
+
+
+@dataclass
+class LoopState:
+    env_steps: int = 0
+    episode_returns: List[float] = field(default_factory=list)  # finished in this epoch
+    model_metrics: Dict[str, float] = field(default_factory=dict)
+    rollout_metrics: Dict[str, float] = field(default_factory=dict)
+    last_eval: Optional[float] = None
+    # Bookkeeping of schedules other than the step-by-step one (the overlapped schedule's).
+    schedule: Dict[str, Any] = field(default_factory=dict)
+
+
+class MBPOLoop:
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, state: Optional[LoopState] = None):
+        self.cfg, self.runtime = cfg, runtime
+        self.state = state or LoopState()
+        b = cfg.mbpo
+        self.rollout_freq = b.rollout_freq or b.model_train_freq
+        self.start_states_per_rollout = max(1, b.rollout_batch_size * self.rollout_freq // b.model_train_freq)
+        self.uses_model = b.real_ratio < 1.0
+        self.timer = EpochTimer(PHASES, self.state.env_steps)
+
+    def rollout_length(self) -> int:
+        # The released code counts the k schedule's epochs from the end of the random warm-up
+        # (its initial exploration runs before epoch 0), so Hopper's ramp starts at 5k + 20k steps.
+        b = self.cfg.mbpo
+        training_epoch = max(0, self.state.env_steps - b.init_random_steps) // b.epoch_length
+        return rollout_length(training_epoch, b.rollout_schedule)
+
+    def model_buffer_capacity(self, k: int) -> int:
+        b = self.cfg.mbpo
+        return model_buffer_capacity(b.model_retain_epochs, b.epoch_length, b.model_train_freq,
+                                     b.rollout_batch_size, k)
+
+    def step(self) -> Optional[Dict[str, Any]]:
+        """One env step with everything the schedule puts before and after it. Returns the
+        epoch's metrics record when this step ended an epoch (or the run)."""
+        cfg, b, rt, st, timed = self.cfg, self.cfg.mbpo, self.runtime, self.state, self.timer.timed
+        t = st.env_steps
+        since_warmup = t - b.init_random_steps
+        if since_warmup >= 0 and self.uses_model:
+            if since_warmup % b.model_train_freq == 0:
+                st.model_metrics = timed("model", rt.fit_model)
+            if since_warmup % self.rollout_freq == 0:
+                k = self.rollout_length()
+                st.rollout_metrics = timed("rollout", rt.generate_rollouts, self.start_states_per_rollout,
+                                           k, self.model_buffer_capacity(k))
+        finished = timed("env", rt.env_step, since_warmup < 0)
+        if finished is not None:
+            st.episode_returns.append(finished)
+        st.env_steps += 1
+        if since_warmup >= 0 and rt.real_size() >= b.min_real_before_updates:
+            timed("sac", rt.update_agent, b.updates_per_step, b.real_ratio)
+        if st.env_steps % b.epoch_length == 0 or st.env_steps == cfg.total_steps:
+            return self.end_epoch()
+        return None
+
+    def end_epoch(self) -> Dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        seed = eval_seed(cfg.seed, epoch_of(st.env_steps, cfg.mbpo.epoch_length), cfg.eval_episodes)
+        evaluation = self.timer.timed("eval", self.runtime.evaluate, cfg.eval_episodes, seed)
+        st.last_eval = evaluation["eval/return_mean"]
+        record = epoch_record(st.env_steps, cfg.mbpo.epoch_length, st.episode_returns)
+        record.update(self.runtime.agent_metrics())
+        record.update(st.model_metrics)
+        record.update(st.rollout_metrics)
+        record.update(evaluation)
+        record.update(self.runtime.runtime_metrics())
+        record.update(self.timer.perf(st.env_steps))
+        st.episode_returns = []
+        return record
+
+    def state_dict(self) -> Dict[str, Any]:
+        return asdict(self.state)
+
+    @staticmethod
+    def state_from_dict(d: Dict[str, Any]) -> LoopState:
+        return LoopState(**d)

@@ -1,0 +1,71 @@
+"""Branched model rollouts (MBPO paper, Algorithm 2): k steps of the current policy in the
+learned model (``ModelEnv``), from start states drawn from real data. Everything stays on the
+device, from the model's sample to D_model."""
+from __future__ import annotations
+
+from typing import Dict, Protocol
+
+import torch
+
+from mbpo_ray.data.buffers import ReplayBuffer
+from mbpo_ray.models.ensemble import ProbabilisticEnsemble
+from mbpo_ray.models.model_env import ModelEnv, TerminationFn
+
+
+class Policy(Protocol):
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs [B, obs_dim] -> actions [B, act_dim] in [-1, 1], sampled (with exploration)."""
+
+
+def rollout_length(epoch: int, schedule) -> int:
+    """k = clip(min_k + (epoch - a) / (b - a) * (max_k - min_k), min_k, max_k), rounded down
+    (the paper's linear schedule; ``schedule`` = (a, b, min_k, max_k), presets in
+    docs/hyperparameters.md)."""
+    start_epoch, end_epoch, min_k, max_k = schedule
+    k = min_k + (epoch - start_epoch) / (end_epoch - start_epoch) * (max_k - min_k)
+    return int(min(max(k, min_k), max_k))
+
+
+@torch.no_grad()
+def branched_rollout(model: ProbabilisticEnsemble, policy: Policy, start_obs: torch.Tensor, k: int,
+                     termination: TerminationFn, buffer: ReplayBuffer) -> Dict[str, float]:
+    """Roll every start state k steps (fewer if it terminates); each step each sample uses a
+    random elite and samples reward and next state from its Gaussian. Rows with a non-finite
+    prediction are dropped (not stored, not continued) and counted in rollout/nonfinite.
+    Returns rollout/ metrics."""
+    env = ModelEnv(model, termination)
+    layout = buffer.layout
+    obs = start_obs
+    added = torch.zeros((), dtype=torch.long, device=obs.device)
+    terminated = torch.zeros_like(added)
+    nonfinite = torch.zeros_like(added)
+    reward_sum = torch.zeros((), device=obs.device)
+    steps = 0
+    for _ in range(k):
+        # Random draws in this order every step: the policy's, the elites', the model's.
+        act = policy.act(obs)
+        member = model.random_elites(obs.shape[0], device=obs.device)
+        step = env.step(obs, act, member, noise="all")
+        finite = step.finite
+        nonfinite += (~finite).sum()
+        obs, act = obs[finite], act[finite]
+        next_obs, rew, done = step.next_obs[finite], step.reward[finite], step.terminated[finite]
+        buffer.add_rows(layout.pack(obs, act, rew, next_obs, done))
+        added += obs.shape[0]
+        terminated += done.sum()
+        reward_sum += rew.sum()
+        steps += 1
+        obs = next_obs[~done]
+        if obs.shape[0] == 0:
+            break
+    n_added = int(added)
+    return {
+        "rollout/k": k,
+        "rollout/steps_taken": steps,
+        "rollout/start_states": int(start_obs.shape[0]),
+        "rollout/transitions": n_added,
+        "rollout/terminated_frac": int(terminated) / max(1, n_added),
+        "rollout/nonfinite": int(nonfinite),
+        "rollout/mean_reward": float(reward_sum) / max(1, n_added),
+        "rollout/model_buffer_size": len(buffer),
+    }

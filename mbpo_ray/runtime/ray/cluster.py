@@ -1,0 +1,56 @@
+"""Joining or starting Ray, and what one run's actor group asks of the cluster."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict
+
+from mbpo_ray.errors import ConfigError
+
+WORKER_RESOURCE_UNIT = 0.01  # what one collector / rollout worker takes of ray.worker_node_resource
+
+
+def required_resources(cfg) -> Dict[str, float]:
+    """CPUs, GPUs (and ``ray.worker_node_resource``) the whole actor group of a run needs."""
+    r = cfg.ray
+    need = {
+        "CPU": r.num_collectors * r.collector_cpus + r.num_rollout_workers * r.rollout_worker_cpus
+        + r.model_trainer_cpus + r.learner_cpus + r.buffer_cpus,
+        "GPU": r.num_rollout_workers * r.rollout_worker_gpus + r.model_trainer_gpus + r.learner_gpus,
+    }
+    if r.worker_node_resource:
+        need[r.worker_node_resource] = (r.num_collectors + r.num_rollout_workers) * WORKER_RESOURCE_UNIT
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def connect(cfg) -> bool:
+    """Join the cluster of ``ray.address`` / RAY_ADDRESS, or start Ray in-process. Returns
+    whether this call initialised Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        # Logical CPUs: at least what the actors ask for (an actor mostly waits in the sync
+        # schedule, so asking for more than the cores is normal on a laptop).
+        cpus = max(os.cpu_count() or 1, int(math.ceil(required_resources(cfg).get("CPU", 1))))
+        # address="local": a new instance even when another Ray already runs on this machine
+        ray.init(address="local", num_cpus=cpus, object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
+                 include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def check_resources(cfg) -> None:
+    """Stop at once, naming what is missing, when the cluster cannot hold the actor group."""
+    import ray
+
+    have = ray.cluster_resources()
+    missing = [f"{name}: needs {need:g}, the cluster has {have.get(name, 0):g}"
+               for name, need in required_resources(cfg).items() if need > have.get(name, 0) + 1e-9]
+    if missing:
+        raise ConfigError("runtime=ray: the Ray cluster lacks resources the config asks for ("
+                          + "; ".join(missing) + "). Lower the ray.*_cpus / ray.*_gpus fields, "
+                          "or join a cluster that has them (--address / RAY_ADDRESS).")
