@@ -7,7 +7,8 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, TextIO
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ import torch
 from mbpo_ray.algos import Algorithm, make_algorithm
 from mbpo_ray.config import TrainConfig, validate
 from mbpo_ray.devices import resolve_device
+from mbpo_ray.envs import prepare_config
 from mbpo_ray.run_dir import RunDirectory
 
 
@@ -77,6 +79,24 @@ def stop_on_signals() -> Iterator[StopFlag]:
             signal.signal(sig, handler)
 
 
+class TrainHook:
+    """Something that follows a run as ``train`` drives it: W&B (mbpo_ray.wandb_log), a Ray
+    Tune trial (mbpo_ray.tune.trainable). Every method is called in this process."""
+
+    def start(self, run: RunDirectory, cfg: TrainConfig) -> None:
+        """The run directory is ready (created, or restored for a resume)."""
+
+    def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
+        """``record`` was appended to metrics.jsonl; ``checkpoint`` is the checkpoint written
+        right after it, or None when this epoch wrote none."""
+
+    def end(self, result: "TrainResult") -> None:
+        """The run finished or stopped with a checkpoint; curve.png is written."""
+
+    def close(self) -> None:
+        """Always called last, also when the run ends with an exception."""
+
+
 def save_checkpoint(run: RunDirectory, algo: Algorithm) -> None:
     run.save_checkpoint({
         "env_steps": algo.env_steps,
@@ -86,12 +106,23 @@ def save_checkpoint(run: RunDirectory, algo: Algorithm) -> None:
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
-          stop_at: Optional[int] = None, checkpoint: Optional[Dict[str, Any]] = None) -> TrainResult:
+          stop_at: Optional[int] = None, checkpoint: Optional[Dict[str, Any]] = None,
+          hooks: Sequence[TrainHook] = ()) -> TrainResult:
     """Train ``cfg`` (any algorithm of ``mbpo_ray.config.ALGOS``) in ``out_dir`` (a new run, or
     ``resume`` the one there; ``checkpoint`` passes that run's checkpoint when the caller has
     already read it).
 
-    ``stop_at`` stops after that many env steps with a checkpoint, as Ctrl-C does."""
+    ``stop_at`` stops after that many env steps with a checkpoint, as Ctrl-C does. ``hooks``
+    follow the run (``TrainHook``)."""
+    try:
+        return _train(cfg, out_dir, resume, progress, stop_at, checkpoint, hooks)
+    finally:
+        for hook in hooks:
+            hook.close()
+
+
+def _train(cfg: TrainConfig, out_dir: str, resume: bool, progress: bool, stop_at: Optional[int],
+           checkpoint: Optional[Dict[str, Any]], hooks: Sequence[TrainHook]) -> TrainResult:
     validate(cfg)
     device = resolve_device(cfg.device)
     run = RunDirectory(out_dir)
@@ -100,6 +131,10 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool =
         checkpoint = None
     elif checkpoint is None:
         checkpoint = run.load_checkpoint()  # raises before anything in the directory changes
+    # Make the env once (docs/termination.md, issue 12): an env that does not exist, bad
+    # env_kwargs, unsupported spaces or a malformed termination function stop the run here,
+    # before anything is written; the generic preset's env-dependent values are filled in.
+    cfg, _ = prepare_config(cfg)
 
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
@@ -113,7 +148,9 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool =
             set_rng_state(checkpoint["rng"])
             run.truncate_metrics(algo.env_steps)
             run.save_config(cfg)
-        return _train_loop(cfg, run, algo, progress, stop_at)
+        for hook in hooks:
+            hook.start(run, cfg)
+        return _train_loop(cfg, run, algo, progress, stop_at, hooks)
     finally:
         algo.close()
 
@@ -150,7 +187,7 @@ class Progress:
 
 
 def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: bool,
-                stop_at: Optional[int]) -> TrainResult:
+                stop_at: Optional[int], hooks: Sequence[TrainHook] = ()) -> TrainResult:
     epochs_done = 0
     label = f"{algo.title} {cfg.env_id} seed {cfg.seed}"
     bar = Progress(label, cfg.total_steps, algo.env_steps, sys.stderr) if progress else None
@@ -166,10 +203,13 @@ def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: 
                 record["perf/wall_seconds"] = time.perf_counter() - start_wall
                 run.append_metrics(record)
                 epochs_done += 1
-                if epochs_done % cfg.checkpoint_every_epochs == 0 or algo.env_steps >= cfg.total_steps:
+                saved = epochs_done % cfg.checkpoint_every_epochs == 0 or algo.env_steps >= cfg.total_steps
+                if saved:
                     save_checkpoint(run, algo)
                 if bar is not None:
                     bar.epoch(algo.env_steps, record)
+                for hook in hooks:
+                    hook.epoch(record, run.checkpoint_path if saved else None)
             if stop.requested or (stop_at is not None and algo.env_steps >= stop_at):
                 if algo.env_steps < cfg.total_steps:
                     save_checkpoint(run, algo)
@@ -183,4 +223,7 @@ def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: 
         state = "stopped" if stopped_early else "finished"
         print(f"{state} at {algo.env_steps} env steps ({steps_per_s:.1f} steps/s); "
               f"last eval return {algo.last_eval}; run directory {run.path}", file=sys.stderr)
-    return TrainResult(run, algo.env_steps, not stopped_early, algo.last_eval)
+    result = TrainResult(run, algo.env_steps, not stopped_early, algo.last_eval)
+    for hook in hooks:
+        hook.end(result)
+    return result

@@ -13,6 +13,7 @@ import yaml
 import mbpo_ray.train
 from mbpo_ray.cli import main
 from mbpo_ray.config import (
+    GENERIC_PRESET,
     SUPPORTED_ENVS,
     ConfigError,
     TrainConfig,
@@ -189,34 +190,46 @@ def test_local_runtime_ignores_the_ray_gpu_fields():
     assert make_config("Hopper-v5", {"device": "cpu", "ray.learner_gpus": 1}).ray.learner_gpus == 1
 
 
+# The config checks the form of an env id only (it imports no gymnasium); whether a well-formed
+# id exists is checked when the env is made (tests/test_any_env.py).
+MALFORMED_IDS = ["", "Nope v0", "pkg.mod:", ":Env", "a/b/c", "pkg.mod:Env:x"]
+
+
 @pytest.mark.parametrize("make", [
-    lambda: make_config("Nope-v0"),
-    lambda: make_config("Hopper-v4"),
-    lambda: make_config("Hopper-v5", {"env_id": "CartPole-v1"}),
-    lambda: from_dict({"env_id": "Nope-v0"}),
+    *[lambda bad=bad: make_config(bad) for bad in MALFORMED_IDS],
+    lambda: make_config("Hopper-v5", {"env_id": "not an id"}),
+    lambda: from_dict({"env_id": "not an id"}),
 ])
-def test_unknown_env_id_is_rejected_listing_supported_ids(make):
-    with pytest.raises((ConfigError, UnknownEnvError)) as info:
+def test_malformed_env_id_is_rejected_naming_what_is_allowed(make):
+    with pytest.raises(UnknownEnvError) as info:
         make()
     message = str(info.value)
+    assert "env_id" in message and "gymnasium id" in message and "package.module:ClassOrFactory" in message
     for env_id in SUPPORTED_ENVS:
         assert env_id in message
 
 
-@pytest.mark.parametrize("make", [
-    lambda: make_config("Nope-v0"),
-    lambda: from_dict({"env_id": "Nope-v0"}),
-])
-def test_unknown_env_id_is_a_config_error(make):
-    with pytest.raises(ConfigError, match="env_id"):
-        make()
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "Hopper-v4", "dm_control/cartpole-swingup-v0",
+                                    "mypkg.envs:PointEnv", "mymodule:MyEnv-v0", "Foo"])
+def test_well_formed_env_id_gets_the_generic_preset(env_id):
+    cfg = make_config(env_id)
+    assert cfg.env_id == env_id
+    for name, value in GENERIC_PRESET.items():
+        assert to_dict(cfg)[name] == (list(value) if isinstance(value, tuple) else value), name
+    assert cfg.mbpo.init_random_steps is None and cfg.mbpo.termination == "learned"
 
 
-def test_run_dir_config_with_unknown_env_is_a_run_dir_error(tmp_path):
+def test_an_env_id_among_the_overrides_picks_the_preset():
+    cfg = make_config("Hopper-v5", {"env_id": "Pendulum-v1"})
+    assert cfg.env_id == "Pendulum-v1" and cfg.mbpo.termination == "learned"
+    assert make_config("Pendulum-v1", {"env_id": "Hopper-v5"}).total_steps == 125_000
+
+
+def test_run_dir_config_with_malformed_env_is_a_run_dir_error(tmp_path):
     run = RunDirectory(tmp_path / "run")
     run.create(make_config("InvertedPendulum-v5"))
     flat = yaml.safe_load(run.config_path.read_text())
-    flat["env_id"] = "Nope-v0"
+    flat["env_id"] = "not an id"
     run.config_path.write_text(yaml.safe_dump(flat, sort_keys=False))
     with pytest.raises(RunDirError, match="config.yaml"):
         run.load_config()
@@ -322,7 +335,15 @@ def _snapshot(path: Path):
 
 
 @pytest.mark.parametrize("args, field", [
-    (["--env", "Nope-v0"], "Nope-v0"),
+    (["--env", "Nope v0"], "Nope v0"),
+    (["--env", "Pendulum-v1", "--set", "mbpo.termination=known"], "mbpo.termination"),
+    (["--env", "Pendulum-v1", "--set", "mbpo.termination=not a function"], "mbpo.termination"),
+    (["--env", "Pendulum-v1", "--env-kwargs", "{bad json"], "--env-kwargs"),
+    (["--env", "Pendulum-v1", "--env-kwargs", "[1, 2]"], "--env-kwargs"),
+    (["--env", "Pendulum-v1", "--env-kwargs", "g"], "--env-kwargs"),
+    (["--env", "Pendulum-v1", "--env-kwargs", "2g=1"], "env_kwargs"),
+    (["--env", "Pendulum-v1", "--set", "env_kwargs=3"], "env_kwargs"),
+    (["--env", "Pendulum-v1", "--config", "/no/such/file.yaml"], "/no/such/file.yaml"),
     (["--env", "Hopper-v5", "--set", "mbpo.real_ratio=2"], "mbpo.real_ratio"),
     (["--env", "Hopper-v5", "--set", "mbpo.no_such_field=1"], "mbpo.no_such_field"),
     (["--env", "Hopper-v5", "--steps", "-5"], "total_steps"),
@@ -343,9 +364,9 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, args, field
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_unknown_env_lists_supported_envs(tmp_path, capsys):
+def test_cli_malformed_env_lists_supported_envs(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--env", "Nope-v0", "--out", str(out)]) == 2
+    assert main(["train", "--env", "Nope v0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     for env_id in SUPPORTED_ENVS:
         assert env_id in err
@@ -518,3 +539,138 @@ def test_dataclass_configs_are_plain_dataclasses():
     cfg = make_config("Hopper-v5")
     for section in ("model", "sac", "mbpo"):
         assert dataclasses.is_dataclass(getattr(cfg, section))
+
+
+# --- config files (--config) and config show ---------------------------------------------------
+
+@pytest.fixture
+def started(monkeypatch):
+    """Capture the config `mbpo-ray train` would start (instead of training)."""
+    import mbpo_ray.cli
+
+    seen = []
+    monkeypatch.setattr(mbpo_ray.cli, "_start", lambda cfg, out_dir, *args, **kwargs: seen.append(cfg) or 0)
+    return seen
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_config_file_flat_nested_and_presets(tmp_path):
+    from mbpo_ray.config import load_config_file
+
+    path = _write(tmp_path / "c.yaml", {
+        "env_id": "Hopper-v5", "seed": 4, "mbpo.real_ratio": 0.1, "model": {"hidden_width": 64},
+        "env_kwargs": {"ctrl_cost_weight": 0.002},
+        "presets": {"Pendulum-v1": {"mbpo": {"epoch_length": 200}, "total_steps": 5000}}})
+    f = load_config_file(path)
+    assert f.fields == {"env_id": "Hopper-v5", "seed": 4, "mbpo.real_ratio": 0.1, "model.hidden_width": 64,
+                        "env_kwargs": {"ctrl_cost_weight": 0.002}}
+    assert f.presets == {"Pendulum-v1": {"mbpo.epoch_length": 200, "total_steps": 5000}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "mapping"),
+    ("seed: [unclosed", "not valid YAML"),
+    ("presets: 3", "presets"),
+    ("presets: {Pendulum-v1: 3}", "presets.Pendulum-v1"),
+    ("presets: {Pendulum-v1: {env_id: Hopper-v5}}", "may not set env_id"),
+    ("presets: {Pendulum-v1: {algo: sac}}", "may not set algo"),
+    ("presets: {'not an id': {seed: 1}}", "env_id='not an id'"),
+])
+def test_bad_config_file_is_refused_naming_the_file(tmp_path, capsys, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--env", "Hopper-v5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbpo-ray: error: ") and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_config_file_field_errors_name_the_field(tmp_path, capsys):
+    path = _write(tmp_path / "c.yaml", {"env_id": "Hopper-v5", "mbpo": {"no_such_field": 1}})
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "mbpo.no_such_field" in capsys.readouterr().err
+
+
+def test_train_config_layers_file_presets_set_and_flags(tmp_path, started):
+    """File fields < --env-kwargs < --set < flags; a file preset sits below the algo preset."""
+    path = _write(tmp_path / "c.yaml", {
+        "env_id": "Pendulum-v1", "seed": 4, "total_steps": 3000, "sac.batch_size": 128,
+        "env_kwargs": {"g": 9.0},
+        "presets": {"Pendulum-v1": {"mbpo.updates_per_step": 7, "mbpo.epoch_length": 200},
+                    "Hopper-v5": {"mbpo.epoch_length": 500}}})
+    out = str(tmp_path / "run")
+    assert main(["train", "--config", str(path), "--out", out, "--set", "sac.batch_size=64",
+                 "--env-kwargs", "max_episode_steps=100", "--steps", "2000"]) == 0
+    cfg = started[-1]
+    assert cfg.env_id == "Pendulum-v1" and cfg.seed == 4
+    assert cfg.total_steps == 2000 and cfg.sac.batch_size == 64
+    assert cfg.env_kwargs == {"g": 9.0, "max_episode_steps": 100}
+    assert cfg.mbpo.updates_per_step == 7 and cfg.mbpo.epoch_length == 200  # the file's preset
+    # the algo preset applies on top of the env's preset from the file: SAC keeps G = 1
+    assert main(["train", "--config", str(path), "--out", out, "--algo", "sac"]) == 0
+    assert started[-1].mbpo.updates_per_step == 1 and started[-1].mbpo.epoch_length == 200
+    # --env picks another env: its own preset from the file, the file's other fields
+    assert main(["train", "--config", str(path), "--out", out, "--env", "Hopper-v5"]) == 0
+    cfg = started[-1]
+    assert cfg.env_id == "Hopper-v5" and cfg.mbpo.epoch_length == 500 and cfg.mbpo.updates_per_step == 20
+    assert cfg.total_steps == 3000 and cfg.mbpo.termination == "known"
+    # JSON form of --env-kwargs; --set env_kwargs.KEY on top of it
+    assert main(["train", "--env", "Pendulum-v1", "--out", out, "--env-kwargs", '{"g": 8.5, "m": 2}',
+                 "--set", "env_kwargs.m=3"]) == 0
+    assert started[-1].env_kwargs == {"g": 8.5, "m": 3}
+    assert not Path(out).exists()
+
+
+def test_run_config_yaml_is_a_config_file(tmp_path, started):
+    """The schema of a run's config.yaml is the config file format: a run's config.yaml given to
+    --config reproduces the run's config exactly."""
+    cfg = make_config("Walker2d-v5", {"seed": 9, "algo": "sac", "env_kwargs": {"ctrl_cost_weight": 0.002},
+                                      "mbpo.termination": "none"})
+    run = RunDirectory(tmp_path / "old")
+    run.create(cfg)
+    assert main(["train", "--config", str(run.config_path), "--out", str(tmp_path / "new")]) == 0
+    assert started[-1] == cfg
+
+
+def test_config_show_prints_the_resolved_config(capsys):
+    assert main(["config", "show", "--env", "Hopper-v5", "--algo", "sac", "--set", "seed=5"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert from_dict(shown) == make_config("Hopper-v5", {"algo": "sac", "seed": 5})
+    assert set(shown) == set(field_names(TrainConfig()))
+    assert main(["config", "show"]) == 0  # the default env
+    assert from_dict(yaml.safe_load(capsys.readouterr().out)) == make_config(TrainConfig.env_id)
+
+
+def test_config_show_fills_in_the_generic_warm_up(capsys):
+    """Pendulum-v1's time limit is 200 steps: the generic warm-up is 5 episodes = 1000 steps
+    (docs/hyperparameters.md#the-generic-preset); Reacher-v5's 50-step episodes give the floor."""
+    assert main(["config", "show", "--env", "Pendulum-v1"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["mbpo.init_random_steps"] == 1000 and shown["mbpo.termination"] == "learned"
+    assert main(["config", "show", "--env", "Pendulum-v1", "--env-kwargs", "max_episode_steps=2000"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["mbpo.init_random_steps"] == 5000
+    assert main(["config", "show", "--env", "Reacher-v5"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["mbpo.init_random_steps"] == 500
+
+
+def test_config_show_refuses_a_bad_env(capsys):
+    assert main(["config", "show", "--env", "CartPole-v1"]) == 2
+    err = capsys.readouterr().err
+    assert "Discrete" in err and "1-D Box" in err
+
+
+def test_resume_refuses_config_and_env_kwargs(tmp_path, capsys):
+    run = RunDirectory(tmp_path / "run")
+    run.create(make_config("InvertedPendulum-v5"))
+    before = _snapshot(run.path)
+    path = _write(tmp_path / "c.yaml", {"seed": 1})
+    assert main(["train", "--resume", str(run.path), "--config", str(path)]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run.path), "--env-kwargs", "g=1"]) == 2
+    assert "--env-kwargs" in capsys.readouterr().err
+    assert _snapshot(run.path) == before

@@ -262,15 +262,23 @@ def test_truncated_observation_is_qpos_without_xy_and_qvel(env_id):
     env.close()
 
 
-@pytest.mark.parametrize("bad_id", ["Hopper-v4", "CartPole-v1", "Nope-v0", ""])
-@pytest.mark.parametrize("fn", [make_env, check_env_id, termination_fn])
-def test_unknown_env_id_lists_supported_ids(fn, bad_id):
+@pytest.mark.parametrize("bad_id", ["Hopper-v4", "Pendulum-v1", "CartPole-v1", "Nope-v0", ""])
+@pytest.mark.parametrize("fn", [check_env_id, termination_fn])
+def test_env_without_a_known_rule_lists_the_paper_envs(fn, bad_id):
     with pytest.raises(UnknownEnvError) as info:
         fn(bad_id)
     message = str(info.value)
-    assert repr(bad_id) in message
+    assert repr(bad_id) in message and "mbpo.termination=learned" in message
     for env_id in SUPPORTED_ENVS:
         assert env_id in message
+
+
+@pytest.mark.parametrize("bad_id", ["Nope-v0", "Hopper-v99", "nons/Foo-v0", ""])
+def test_make_env_of_an_unknown_id_says_what_is_allowed(bad_id):
+    with pytest.raises(UnknownEnvError) as info:
+        make_env(bad_id)
+    message = str(info.value)
+    assert repr(bad_id) in message and "package.module:ClassOrFactory" in message
 
 
 def _run(env, actions):

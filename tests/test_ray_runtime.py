@@ -141,6 +141,18 @@ def test_async_run_survives_killed_collector_and_trainer(ray_config, tmp_path, r
         algo.close()
 
 
+def test_async_does_not_wait_for_updates_that_cannot_start(ray_config, tmp_path, ray_cluster, single_thread):
+    # The warm-up (100) ends long before D_env holds min_real_before_updates (256): the rate
+    # limiter's lower bound must not hold the collectors back while the learner cannot update,
+    # or the run waits forever at 200 env steps (found by the resume matrix).
+    cfg = ray_config(**{"ray.schedule": "async", "total_steps": 300, "mbpo.epoch_length": 100,
+                        "mbpo.init_random_steps": 100, "mbpo.min_real_before_updates": 256})
+    train(cfg, str(tmp_path / "run"), progress=False)
+    records = RunDirectory(tmp_path / "run").read_metrics()
+    assert [r["env_steps"] for r in records] == [100, 200, 300]
+    assert records[-1]["perf/updates_per_env_step_total"] > 0  # updates started once D_env had 256
+
+
 def test_async_keeps_updates_per_env_step_within_bounds(ray_config, tmp_path, ray_cluster, single_thread):
     # G = 2 (tiny config); allow the learner to fall to 1 update per env step
     cfg = ray_config(**{"ray.schedule": "async", "ray.min_updates_per_step": 1.0, "ray.learner_chunk": 20})

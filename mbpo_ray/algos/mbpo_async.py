@@ -9,9 +9,9 @@ The same quantities as the step-by-step loop (``mbpo_loop``), decoupled in time:
     branched from real states into D_model;
   * the learner runs SAC updates in chunks of ``ray.learner_chunk``. The rate limiter is
     cumulative: the learner may start a chunk while its total updates stay at most
-    ``max_updates_per_step`` x env steps since the warm-up, and the collectors are held back
-    while the total falls below ``min_updates_per_step`` x env steps, less one chunk per
-    collector of slack.
+    ``max_updates_per_step`` x env steps since the warm-up, and, once D_env holds
+    ``mbpo.min_real_before_updates`` transitions, the collectors are held back while the total
+    falls below ``min_updates_per_step`` x env steps, less one chunk per collector of slack.
 At each epoch boundary the record is written as in the step-by-step loop, with the achieved
 update ratio (this epoch's and the run's) under perf/.
 """
@@ -62,12 +62,15 @@ class AsyncMBPOLoop(MBPOLoop):
         if (not self.busy("update") and owed >= 1 and st.env_steps > b.init_random_steps
                 and rt.real_size() >= b.min_real_before_updates):
             self.jobs.append(rt.start_update(min(cfg.ray.learner_chunk, owed), b.real_ratio))
-        # collectors, unless the learner is more than one chunk per collector behind
+        # collectors, unless the learner is more than one chunk per collector behind; the lower
+        # bound holds only once the learner can update at all (D_env holds
+        # min_real_before_updates), or it would wait for data the collectors may not collect
         slack = self.min_ratio * cfg.ray.collector_chunk * rt.num_collectors
+        learner_ready = rt.real_size() >= b.min_real_before_updates
         for index in sorted(self.idle_collectors, key=lambda i: self.last_launch.get(i, -1)):
             remaining = cfg.total_steps - self.launched_steps
             behind = self.min_ratio * self.since_warmup(self.launched_steps) - sched["updates"]
-            if remaining <= 0 or behind > slack:
+            if remaining <= 0 or (learner_ready and behind > slack):
                 break
             n = min(cfg.ray.collector_chunk, remaining)
             num_random = min(n, max(0, b.init_random_steps - self.launched_steps))

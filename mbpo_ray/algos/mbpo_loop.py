@@ -84,7 +84,7 @@ class MBPOLoop:
         seed = eval_seed(cfg.seed, epoch_of(st.env_steps, cfg.mbpo.epoch_length), cfg.eval_episodes)
         evaluation = self.timer.timed("eval", self.runtime.evaluate, cfg.eval_episodes, seed)
         st.last_eval = evaluation["eval/return_mean"]
-        record = epoch_record(st.env_steps, cfg.mbpo.epoch_length, st.episode_returns)
+        record = epoch_record(st.env_steps, cfg.mbpo.epoch_length, st.episode_returns, cfg.mbpo.init_random_steps)
         record.update(self.runtime.agent_metrics())
         record.update(st.model_metrics)
         record.update(st.rollout_metrics)

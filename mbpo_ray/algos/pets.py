@@ -40,9 +40,10 @@ import torch
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.algos.records import EpochTimer, epoch_record
-from mbpo_ray.envs import TrainingEnv, termination_fn
+from mbpo_ray.envs import TrainingEnv, make_termination
 from mbpo_ray.evaluation import eval_record
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+from mbpo_ray.models.termination import LearnedTermination
 from mbpo_ray.planning import CEMOptimizer
 from mbpo_ray.planning.trajectory_sampling import TrajectorySampler
 
@@ -57,6 +58,7 @@ class PETSState:
     episodes: int = 0  # finished episodes, random ones included
     fit_pending: bool = False
     model_metrics: Dict[str, float] = field(default_factory=dict)
+    random_steps: int = 0  # env steps of the uniform-random episodes (PETS's warm-up)
     random_returns: List[float] = field(default_factory=list)
     random_lengths: List[int] = field(default_factory=list)
     last_planner_return: Optional[float] = None
@@ -77,14 +79,16 @@ class PETS:
         self.cfg, self.device = cfg, torch.device(device)
         p = cfg.pets
         self.title = f"PETS ({p.propagation})"
-        self.train_env = TrainingEnv(cfg.env_id, cfg.seed)
+        self.train_env = TrainingEnv(cfg.env_id, cfg.seed, cfg.env_kwargs)
         self.obs_dim, self.act_dim = self.train_env.obs_dim, self.train_env.act_dim
 
         self.model = ProbabilisticEnsemble(self.obs_dim, self.act_dim, cfg.model).to(self.device)
         self.model_trainer = EnsembleTrainer(self.model, cfg.model)
         self.buffer = ReplayBuffer(self.obs_dim, self.act_dim, cfg.total_steps, self.device)
-        self.sampler = TrajectorySampler(self.model, termination_fn(cfg.env_id), p.propagation,
-                                         p.num_particles, p.nan_cost)
+        # mbpo.termination (docs/termination.md); a learned rule is fit right after the ensemble
+        termination = make_termination(cfg, self.obs_dim, self.device)
+        self.learned_termination = termination if isinstance(termination, LearnedTermination) else None
+        self.sampler = TrajectorySampler(self.model, termination, p.propagation, p.num_particles, p.nan_cost)
         self.planner = CEMOptimizer(p.horizon, self.act_dim, p.population, p.num_elites, p.iterations,
                                     p.smoothing, p.min_variance, -1.0, 1.0, self.device)
         self.state = PETSState()
@@ -119,7 +123,11 @@ class PETS:
 
     # --- the pieces of a step ---
     def fit_model(self) -> Dict[str, float]:
-        return self.model_trainer.fit_buffer(self.buffer)
+        metrics = self.model_trainer.fit_buffer(self.buffer)
+        if self.learned_termination is not None:
+            _, _, _, next_obs, terminated = self.buffer.all()
+            metrics.update(self.learned_termination.fit(next_obs, terminated))
+        return metrics
 
     def plan(self) -> np.ndarray:
         """One CEM optimisation from the current real state: the action to take, in [-1, 1]."""
@@ -136,6 +144,7 @@ class PETS:
         step = self.train_env.step(action)
         self.buffer.add(step.obs, step.action, step.reward, step.next_obs, step.terminated)
         st.env_steps += 1
+        st.random_steps += not planning
         if step.finished is not None:
             episode_return, episode_length = step.finished
             st.epoch_returns.append(episode_return)
@@ -170,7 +179,7 @@ class PETS:
         cfg, st = self.cfg, self.state
         evaluation = self.evaluation()
         st.last_eval = evaluation["eval/return_mean"]
-        record = epoch_record(st.env_steps, cfg.mbpo.epoch_length, st.epoch_returns)
+        record = epoch_record(st.env_steps, cfg.mbpo.epoch_length, st.epoch_returns, st.random_steps)
         record.update(evaluation)
         if st.plan_steps:
             record["train/plan_cost"] = st.plan_cost_sum / st.plan_steps
@@ -188,7 +197,7 @@ class PETS:
 
     # --- checkpoints ---
     def state_dict(self) -> Dict[str, Any]:
-        return {
+        state = {
             "loop": asdict(self.state),
             "model": self.model.state_dict(),
             "model_trainer": self.model_trainer.state_dict(),
@@ -196,6 +205,9 @@ class PETS:
             **self.train_env.state_dict(),
             "planner": self.planner.state_dict(),
         }
+        if self.learned_termination is not None:
+            state["learned_termination"] = self.learned_termination.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.state = PETSState(**state["loop"])
@@ -206,6 +218,8 @@ class PETS:
         self.buffer.resize(max(self.cfg.total_steps, self.buffer.capacity))
         self.train_env.load_state_dict(state)
         self.planner.load_state_dict(state["planner"])
+        if self.learned_termination is not None:
+            self.learned_termination.load_state_dict(state["learned_termination"])
         self.timer.restart(self.state.env_steps)
         self._plan_calls = 0
 

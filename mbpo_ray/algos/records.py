@@ -19,10 +19,14 @@ def eval_seed(seed: int, epoch: int, eval_episodes: int) -> int:
     return 1_000_000 + seed * 10_000 + epoch * eval_episodes
 
 
-def epoch_record(env_steps: int, epoch_length: int, episode_returns: Sequence[float]) -> Dict[str, Any]:
-    """The head of an epoch's record: ``env_steps``, ``epoch`` and, when training episodes
-    finished in the epoch, their mean return and count."""
-    record: Dict[str, Any] = {"env_steps": env_steps, "epoch": epoch_of(env_steps, epoch_length)}
+def epoch_record(env_steps: int, epoch_length: int, episode_returns: Sequence[float],
+                 warmup_steps: int) -> Dict[str, Any]:
+    """The head of an epoch's record: ``env_steps`` (all real env steps), ``learning_steps``
+    (those after the algorithm's random warm-up of ``warmup_steps``, the x-axis of the MBPO
+    paper's released code), ``epoch`` and, when training episodes finished in the epoch, their
+    mean return and count."""
+    record: Dict[str, Any] = {"env_steps": env_steps, "learning_steps": max(0, env_steps - warmup_steps),
+                              "epoch": epoch_of(env_steps, epoch_length)}
     if len(episode_returns):
         record["train/episode_return"] = float(np.mean(episode_returns))
         record["train/episodes"] = len(episode_returns)

@@ -90,13 +90,13 @@ def env_name(env_id: str) -> str:
     return f"mbpo_ray/{env_id}"
 
 
-def register_env(env_id: str) -> str:
-    """Register our ``make_env`` (with the paper's Ant/Humanoid observation truncation) with
-    Ray Tune's registry under ``env_name(env_id)``."""
+def register_env(env_id: str, env_kwargs=None) -> str:
+    """Register our ``make_env`` (with the paper's Ant/Humanoid observation truncation, and the
+    run's ``env_kwargs``) with Ray Tune's registry under ``env_name(env_id)``."""
     from ray.tune.registry import register_env as ray_register_env
 
     name = env_name(env_id)
-    ray_register_env(name, lambda env_config: make_env(env_id))
+    ray_register_env(name, lambda env_config: make_env(env_id, kwargs=env_kwargs))
     return name
 
 
@@ -138,7 +138,7 @@ def rllib_sac_config(cfg: TrainConfig, device: Optional[torch.device] = None,
         SACConfig()
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .framework("torch")
-        .environment(register_env(cfg.env_id))
+        .environment(register_env(cfg.env_id, cfg.env_kwargs))
         .env_runners(num_env_runners=0, num_envs_per_env_runner=1,
                      rollout_fragment_length=fragment)
         .learners(num_learners=0, num_gpus_per_learner=1 if use_gpu else 0,
@@ -257,7 +257,7 @@ class RLlibSAC:
         self.cfg, self.run_path = cfg, Path(run_path)
         # validation refuses mps for rllib-sac: RLlib's learner runs on the CPU or CUDA only
         self.device = resolve_device(cfg.device) if device is None else torch.device(device)
-        self.eval_env = make_env(cfg.env_id)
+        self.eval_env = make_env(cfg.env_id, kwargs=cfg.env_kwargs)
         self.scaler = ActionScaler(self.eval_env.action_space)
         self._started_ray = False
         self.algo = None
@@ -356,7 +356,7 @@ class RLlibSAC:
         seed = eval_seed(cfg.seed, epoch_of(self._env_steps, cfg.mbpo.epoch_length), cfg.eval_episodes)
         evaluation = self._timer.timed("eval", self.evaluate, cfg.eval_episodes, seed)
         self._last_eval = evaluation["eval/return_mean"]
-        record = epoch_record(self._env_steps, cfg.mbpo.epoch_length, [])
+        record = epoch_record(self._env_steps, cfg.mbpo.epoch_length, [], learning_starts(cfg))
         if self._episodes:  # RLlib reports the epoch's episodes as a sum and a count
             record["train/episode_return"] = self._return_sum / self._episodes
             record["train/episodes"] = self._episodes

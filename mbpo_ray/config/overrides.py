@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from mbpo_ray.config.presets import ALGO_PRESETS, PRESETS, check_env_id
+from mbpo_ray.config.presets import ALGO_PRESETS, check_env_id, env_preset
 from mbpo_ray.config.schema import ALGOS, TrainConfig
 from mbpo_ray.config.validate import require, validate
 from mbpo_ray.errors import ConfigError
@@ -62,6 +62,10 @@ def _coerce(dotted: str, value: Any, hint) -> Any:
             return None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(dotted, value, inner)
+    if origin in (dict, Dict):  # env_kwargs: its values are checked by validate
+        if not isinstance(value, dict):
+            raise ConfigError(f"{dotted}: expected a mapping (e.g. {{max_episode_steps: 200}}), got {value!r}")
+        return dict(value)
     if origin in (tuple, Tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{dotted}: expected a list, got {value!r}")
@@ -89,7 +93,15 @@ def _coerce(dotted: str, value: Any, hint) -> Any:
     raise AssertionError(f"unsupported config type {hint} for {dotted}")
 
 
+# A field whose value is a mapping: "env_kwargs.KEY=value" sets one of its keys.
+MAPPING_FIELDS = ("env_kwargs",)
+
+
 def set_field(cfg: TrainConfig, dotted: str, value: Any) -> None:
+    head, _, key = dotted.partition(".")
+    if head in MAPPING_FIELDS and key:
+        setattr(cfg, head, {**getattr(cfg, head), key: value})
+        return
     owner, name, hint = _resolve(cfg, dotted)
     setattr(owner, name, _coerce(dotted, value, hint))
 
@@ -126,14 +138,23 @@ def apply_overrides(cfg: TrainConfig, overrides: Dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def make_config(env_id: str, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
-    """The paper preset of ``env_id`` with ``overrides`` applied, validated."""
-    check_env_id(env_id)
+def make_config(env_id: str, overrides: Optional[Dict[str, Any]] = None,
+                env_presets: Optional[Dict[str, Dict[str, Any]]] = None) -> TrainConfig:
+    """The config of a run on ``env_id``, in layers (docs/hyperparameters.md): the dataclass
+    defaults; the env's paper preset, or the generic preset for any other env; the env's entry
+    in ``env_presets`` (a config file's ``presets:``), if any; the algorithm's preset;
+    ``overrides``. Validated; an ``env_id`` among the overrides picks the env (and its preset).
+
+    Env-dependent values that the generic preset leaves null are filled in when the env is made
+    (``mbpo_ray.envs.prepare_config``): this module never imports gymnasium."""
     overrides = dict(overrides or {})
+    env_id = overrides.pop("env_id", env_id)
+    check_env_id(env_id)
     algo = overrides.get("algo", "mbpo")
     require(algo in ALGOS, "algo", algo, f"one of {', '.join(ALGOS)}")
     cfg = TrainConfig(env_id=env_id)
-    apply_overrides(cfg, PRESETS[env_id])
+    apply_overrides(cfg, env_preset(env_id))
+    apply_overrides(cfg, (env_presets or {}).get(env_id, {}))
     apply_overrides(cfg, ALGO_PRESETS[algo])
     apply_overrides(cfg, overrides)
     validate(cfg)
@@ -146,7 +167,11 @@ def to_dict(cfg: TrainConfig) -> Dict[str, Any]:
     for name in field_names(cfg):
         owner, leaf, _ = _resolve(cfg, name)
         value = getattr(owner, leaf)
-        out[name] = list(value) if isinstance(value, tuple) else value
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[name] = value
     return out
 
 

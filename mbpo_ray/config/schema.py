@@ -6,7 +6,7 @@ give these fields, and where each comes from, are in docs/hyperparameters.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 # mbpo: the paper's algorithm. sac: the same SAC with no model (real_ratio 1, G = 1; raise
 # mbpo.updates_per_step for the paper's "no model, same G" ablation). pets, steve: the
@@ -14,6 +14,9 @@ from typing import Optional, Tuple
 ALGOS = ("mbpo", "sac", "pets", "steve", "rllib-sac")
 PROPAGATIONS = ("ts-inf", "ts-1", "expectation")
 RUNTIMES = ("local", "ray")
+# mbpo.termination: the rule that ends model rollouts (docs/termination.md). Besides these
+# names, "package.module:function" names a user's vectorised function.
+TERMINATIONS = ("known", "none", "learned")
 SCHEDULES = ("sync", "async")
 
 
@@ -55,6 +58,13 @@ class ModelConfig:
     as in the paper presets."""
     max_fit_seconds: Optional[float] = None
     """Optional cap on the seconds of one fit; null: no cap, as in the paper presets."""
+    termination_hidden_width: int = 200
+    """Units per hidden layer of the learned termination classifier (mbpo.termination=learned)."""
+    termination_num_hidden_layers: int = 2
+    """Hidden layers of the learned termination classifier."""
+    termination_max_epochs: int = 50
+    """Largest number of epochs of one fit of the termination classifier (it also stops early,
+    as the ensemble does)."""
 
 
 @dataclass
@@ -105,10 +115,16 @@ class MBPOConfig:
     """Epochs of model rollouts kept in D_model."""
     real_ratio: float = 0.05
     """Share of real transitions in each SAC batch."""
-    init_random_steps: int = 5000
-    """Uniform-random env steps before the policy acts."""
+    init_random_steps: Optional[int] = 5000
+    """Uniform-random env steps before the policy acts; null (the generic preset): 5 episodes
+    of the env's time limit, at least 500 and at most 5000, filled in when the env is made."""
     min_real_before_updates: int = 256
     """SAC updates start once D_env holds this many transitions (at least one batch)."""
+    termination: str = "known"
+    """What ends a model rollout (MBPO) or a particle (PETS): known (the paper env's rule),
+    none (never), learned (a classifier fit on D_env's terminated flags with the ensemble;
+    never terminates until D_env holds a terminal transition), or package.module:function (a
+    vectorised function (obs, act, next_obs) -> bool [B]). docs/termination.md."""
 
 
 @dataclass
@@ -215,7 +231,12 @@ class TrainConfig:
     """One run: the env, the algorithm, the budget, and a section per component."""
 
     env_id: str = "InvertedPendulum-v5"
-    """Gymnasium env id, one of the supported envs (mbpo-ray envs)."""
+    """A registered gymnasium id with 1-D Box observations and actions (the seven paper envs
+    get their paper preset, `mbpo-ray envs`; any other gets the generic preset), or a custom
+    env as package.module:ClassOrFactory."""
+    env_kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the env (gymnasium.make's, e.g. max_episode_steps, or the custom
+    env's constructor); plain YAML values."""
     algo: str = "mbpo"
     """One of mbpo, sac, pets, steve, rllib-sac."""
     seed: int = 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mbpo_ray.config.presets import check_env_id
-from mbpo_ray.config.schema import (ALGOS, PROPAGATIONS, RUNTIMES, SCHEDULES, MBPOConfig, ModelConfig,
-                                    PETSConfig, SACConfig, TrainConfig)
+from mbpo_ray.config.presets import ENTRY_POINT, SUPPORTED_ENVS, check_env_id
+from mbpo_ray.config.schema import (ALGOS, PROPAGATIONS, RUNTIMES, SCHEDULES, TERMINATIONS, MBPOConfig,
+                                    ModelConfig, PETSConfig, SACConfig, TrainConfig)
 from mbpo_ray.errors import ConfigError
 
 # np.random.seed takes seeds in [0, 2**32); torch.manual_seed takes more.
@@ -21,6 +21,8 @@ def require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     _check_run(cfg)
+    _check_env_kwargs(cfg.env_kwargs)
+    _check_termination(cfg)
     _check_model(cfg.model)
     _check_sac(cfg.sac)
     _check_mbpo(cfg.mbpo)
@@ -47,6 +49,34 @@ def _check_run(cfg: TrainConfig) -> None:
             cfg.checkpoint_every_epochs, "at least 1")
 
 
+def _plain(value: Any) -> bool:
+    """A value config.yaml can hold and read back as it was: YAML scalars, lists, mappings."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _check_env_kwargs(kwargs: Any) -> None:
+    require(isinstance(kwargs, dict) and all(isinstance(k, str) and k.isidentifier() for k in kwargs),
+            "env_kwargs", kwargs, "a mapping of keyword argument names to values")
+    require(_plain(kwargs), "env_kwargs", kwargs,
+            "plain values only (numbers, strings, booleans, null, lists and mappings of them)")
+
+
+def _check_termination(cfg: TrainConfig) -> None:
+    rule = cfg.mbpo.termination
+    allowed = f"one of {', '.join(TERMINATIONS)}, or package.module:function"
+    require(isinstance(rule, str) and (rule in TERMINATIONS or ENTRY_POINT.fullmatch(rule) is not None),
+            "mbpo.termination", rule, allowed)
+    require(rule != "known" or cfg.env_id in SUPPORTED_ENVS, "mbpo.termination", rule,
+            f"known only for the paper envs ({', '.join(SUPPORTED_ENVS)}); for {cfg.env_id} use "
+            f"learned, none or package.module:function")
+
+
 def _check_model(m: ModelConfig) -> None:
     require(m.num_members >= 1, "model.num_members", m.num_members, "at least 1")
     require(1 <= m.num_elites <= m.num_members, "model.num_elites", m.num_elites,
@@ -70,6 +100,12 @@ def _check_model(m: ModelConfig) -> None:
             m.max_fit_epochs, "null (no cap) or at least 1")
     require(m.max_fit_seconds is None or m.max_fit_seconds > 0, "model.max_fit_seconds",
             m.max_fit_seconds, "null (no cap) or a positive number")
+    require(m.termination_hidden_width >= 1, "model.termination_hidden_width", m.termination_hidden_width,
+            "at least 1")
+    require(m.termination_num_hidden_layers >= 1, "model.termination_num_hidden_layers",
+            m.termination_num_hidden_layers, "at least 1")
+    require(m.termination_max_epochs >= 1, "model.termination_max_epochs", m.termination_max_epochs,
+            "at least 1")
 
 
 def _check_sac(s: SACConfig) -> None:
@@ -97,8 +133,9 @@ def _check_mbpo(b: MBPOConfig) -> None:
             "null (= mbpo.model_train_freq) or at least 1")
     require(b.model_retain_epochs >= 1, "mbpo.model_retain_epochs", b.model_retain_epochs, "at least 1")
     require(0 <= b.real_ratio <= 1, "mbpo.real_ratio", b.real_ratio, "within [0, 1]")
-    require(b.init_random_steps >= 0, "mbpo.init_random_steps", b.init_random_steps,
-            "a non-negative integer")
+    require(b.init_random_steps is None or b.init_random_steps >= 0, "mbpo.init_random_steps",
+            b.init_random_steps, "a non-negative integer, or null (5 episodes of the env's time "
+            "limit, within [500, 5000])")
     require(b.min_real_before_updates >= 1, "mbpo.min_real_before_updates",
             b.min_real_before_updates, "at least 1")
 

@@ -9,10 +9,11 @@ from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
-from mbpo_ray.envs import TrainingEnv, make_env, termination_fn
+from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
+from mbpo_ray.models.termination import LearnedTermination
 from mbpo_ray.runtime.base import AgentBuilder
 
 
@@ -28,8 +29,8 @@ class AgentRuntime:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, make_agent: Optional[AgentBuilder] = None):
         self.cfg, self.device = cfg, device
-        self.train_env = TrainingEnv(cfg.env_id, cfg.seed)
-        self.eval_env = make_env(cfg.env_id)
+        self.train_env = TrainingEnv(cfg.env_id, cfg.seed, cfg.env_kwargs)
+        self.eval_env = make_env(cfg.env_id, kwargs=cfg.env_kwargs)
         self.obs_dim, self.act_dim = self.train_env.obs_dim, self.train_env.act_dim
         self.scaler = self.train_env.scaler
 
@@ -114,14 +115,20 @@ class LocalRuntime(AgentRuntime):
 
     def __init__(self, cfg: TrainConfig, device: torch.device, make_agent: Optional[AgentBuilder] = None):
         super().__init__(cfg, device, make_agent)
-        self.termination = termination_fn(cfg.env_id)
         self.model = ProbabilisticEnsemble(self.obs_dim, self.act_dim, cfg.model).to(device)
         self.model_trainer = EnsembleTrainer(self.model, cfg.model)
         self.model_buffer = ReplayBuffer(self.obs_dim, self.act_dim, 1, device)
+        # mbpo.termination (docs/termination.md); a learned rule is fit right after the ensemble
+        self.termination = make_termination(cfg, self.obs_dim, device)
+        self.learned_termination = self.termination if isinstance(self.termination, LearnedTermination) else None
 
     # --- model ---
     def fit_model(self) -> Dict[str, float]:
-        return self.model_trainer.fit_buffer(self.real_buffer)
+        metrics = self.model_trainer.fit_buffer(self.real_buffer)
+        if self.learned_termination is not None:
+            _, _, _, next_obs, terminated = self.real_buffer.all()
+            metrics.update(self.learned_termination.fit(next_obs, terminated))
+        return metrics
 
     def generate_rollouts(self, num_start_states: int, rollout_length: int,
                           model_buffer_capacity: int) -> Dict[str, float]:
@@ -136,12 +143,17 @@ class LocalRuntime(AgentRuntime):
 
     # --- checkpoints ---
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "model": self.model.state_dict(),
-                "model_trainer": self.model_trainer.state_dict(),
-                "model_buffer": self.model_buffer.state_dict()}
+        state = {**super().state_dict(), "model": self.model.state_dict(),
+                 "model_trainer": self.model_trainer.state_dict(),
+                 "model_buffer": self.model_buffer.state_dict()}
+        if self.learned_termination is not None:
+            state["learned_termination"] = self.learned_termination.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.model.load_state_dict(state["model"])
         self.model_trainer.load_state_dict(state["model_trainer"])
         self.model_buffer.load_state_dict(state["model_buffer"])
+        if self.learned_termination is not None:
+            self.learned_termination.load_state_dict(state["learned_termination"])

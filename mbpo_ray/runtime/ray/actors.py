@@ -20,9 +20,10 @@ from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.devices import resolve_device
-from mbpo_ray.envs import TrainingEnv, make_env, termination_fn
+from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
+from mbpo_ray.models.termination import LearnedTermination
 
 
 def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
@@ -44,7 +45,7 @@ def policy_weights(policy: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def dims(cfg: TrainConfig) -> Tuple[int, int]:
-    env = make_env(cfg.env_id)
+    env = make_env(cfg.env_id, kwargs=cfg.env_kwargs)
     out = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
     return out
@@ -67,7 +68,7 @@ class EnvCollector(Role):
         set_threads(cpus)
         torch.manual_seed(seed)
         self.cfg = cfg
-        self.train_env = TrainingEnv(cfg.env_id, seed)
+        self.train_env = TrainingEnv(cfg.env_id, seed, cfg.env_kwargs)
         self.policy = TanhGaussianPolicy(self.train_env.obs_dim, self.train_env.act_dim, cfg.sac.hidden_width,
                                          cfg.sac.num_hidden_layers)
         self.layout = RowLayout(self.train_env.obs_dim, self.train_env.act_dim)
@@ -203,8 +204,14 @@ class BufferActor(Role):
         torch.set_rng_state(state["torch_rng"])
 
 
+def learned_termination(cfg: TrainConfig, obs_dim: int, device) -> Optional[LearnedTermination]:
+    """The classifier of ``mbpo.termination: learned`` (docs/termination.md), else None."""
+    return LearnedTermination(obs_dim, cfg.model, device) if cfg.mbpo.termination == "learned" else None
+
+
 class ModelTrainer(Role):
-    """Refits the ensemble on D_env; each fit publishes a new weights version."""
+    """Refits the ensemble on D_env, then (``mbpo.termination: learned``) the termination
+    classifier; each fit publishes a new weights version, the classifier's with it."""
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,
                  gpus: float = 0.0):
@@ -213,31 +220,47 @@ class ModelTrainer(Role):
         self.device = actor_device(cfg, gpus)
         self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
         self.trainer = EnsembleTrainer(self.model, cfg.model)
+        self.termination = learned_termination(cfg, obs_dim, self.device)
+        self.layout = RowLayout(obs_dim, act_dim)
         self.version = 0
 
     def fit(self, rows: np.ndarray) -> Tuple[Dict[str, float], Dict[str, Any]]:
         start = time.perf_counter()
-        metrics = self.trainer.fit_rows(torch.from_numpy(rows).to(self.device))
+        rows_t = torch.from_numpy(rows).to(self.device)
+        metrics = self.trainer.fit_rows(rows_t)
+        if self.termination is not None:
+            _, _, _, next_obs, terminated = self.layout.split(rows_t)
+            metrics.update(self.termination.fit(next_obs, terminated))
         self.version += 1
         metrics["model/version"] = self.version
         metrics["model/actor_seconds"] = time.perf_counter() - start
         return metrics, self.weights()
 
     def weights(self) -> Dict[str, Any]:
-        return {"version": self.version,
-                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+        out = {"version": self.version,
+               "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+        if self.termination is not None:
+            out["termination"] = self.termination.weights()
+        return out
 
     def load_weights(self, weights: Dict[str, Any]) -> None:
         self.model.load_state_dict(weights["model"])
+        if self.termination is not None:
+            self.termination.load_weights(weights["termination"])
         self.version = weights["version"]
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"weights": self.weights(), "trainer": self.trainer.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+        state = {"weights": self.weights(), "trainer": self.trainer.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        if self.termination is not None:
+            state["termination_optimizer"] = self.termination.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.load_weights(state["weights"])
         self.trainer.load_state_dict(state["trainer"])
+        if self.termination is not None:
+            self.termination.optimizer.load_state_dict(state["termination_optimizer"])
         torch.set_rng_state(state["torch_rng"])
 
 
@@ -254,7 +277,8 @@ class RolloutWorker(Role):
         self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
         self.policy = TanhGaussianPolicy(obs_dim, act_dim, cfg.sac.hidden_width,
                                          cfg.sac.num_hidden_layers).to(self.device)
-        self.termination = termination_fn(cfg.env_id)
+        # mbpo.termination; a learned rule takes the classifier published with the model weights
+        self.termination = make_termination(cfg, obs_dim, self.device)
 
     def generate(self, model_weights: Dict[str, Any], policy: Dict[str, Any], start_obs: np.ndarray,
                  k: int, buffer, ticket: Tuple[str, int]) -> Dict[str, float]:
@@ -264,6 +288,8 @@ class RolloutWorker(Role):
 
         start = time.perf_counter()
         self.model.load_state_dict(model_weights["model"])
+        if isinstance(self.termination, LearnedTermination):
+            self.termination.load_weights(model_weights["termination"])
         self.policy.load_state_dict(policy["weights"])
         out = ReplayBuffer(self.obs_dim, self.act_dim, max(1, start_obs.shape[0] * k), self.device)
         metrics = branched_rollout(self.model, self.policy, torch.from_numpy(start_obs).to(self.device),

@@ -3,24 +3,50 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict
+from typing import Dict, List
 
 from mbpo_ray.errors import ConfigError
 
 WORKER_RESOURCE_UNIT = 0.01  # what one collector / rollout worker takes of ray.worker_node_resource
 
 
+# The roles of a run's actor group, in the order they are created (group.py).
+ROLES = ("buffer", "learner", "model_trainer", "collector", "rollout_worker")
+
+
+def role_resources(cfg, role: str) -> Dict[str, float]:
+    """What one actor of ``role`` asks Ray for: ``CPU``, ``GPU`` and, for collectors and rollout
+    workers, ``ray.worker_node_resource``. Zero amounts are left out."""
+    r = cfg.ray
+    cpus, gpus = {
+        "buffer": (r.buffer_cpus, 0.0),
+        "learner": (r.learner_cpus, r.learner_gpus),
+        "model_trainer": (r.model_trainer_cpus, r.model_trainer_gpus),
+        "collector": (r.collector_cpus, 0.0),
+        "rollout_worker": (r.rollout_worker_cpus, r.rollout_worker_gpus),
+    }[role]
+    need = {"CPU": cpus, "GPU": gpus}
+    if role in ("collector", "rollout_worker") and r.worker_node_resource:
+        need[r.worker_node_resource] = WORKER_RESOURCE_UNIT
+    return {k: float(v) for k, v in need.items() if v > 0}
+
+
+def actor_bundles(cfg) -> List[Dict[str, float]]:
+    """One entry per actor of the group (``role_resources``), in creation order: the bundles of
+    a placement group that holds the whole group (a Tune trial reserves one, docs/sweeps.md).
+    Actors that ask for nothing (``ray.buffer_cpus: 0``) have no bundle."""
+    counts = {"collector": cfg.ray.num_collectors, "rollout_worker": cfg.ray.num_rollout_workers}
+    bundles = [role_resources(cfg, role) for role in ROLES for _ in range(counts.get(role, 1))]
+    return [b for b in bundles if b]
+
+
 def required_resources(cfg) -> Dict[str, float]:
     """CPUs, GPUs (and ``ray.worker_node_resource``) the whole actor group of a run needs."""
-    r = cfg.ray
-    need = {
-        "CPU": r.num_collectors * r.collector_cpus + r.num_rollout_workers * r.rollout_worker_cpus
-        + r.model_trainer_cpus + r.learner_cpus + r.buffer_cpus,
-        "GPU": r.num_rollout_workers * r.rollout_worker_gpus + r.model_trainer_gpus + r.learner_gpus,
-    }
-    if r.worker_node_resource:
-        need[r.worker_node_resource] = (r.num_collectors + r.num_rollout_workers) * WORKER_RESOURCE_UNIT
-    return {k: v for k, v in need.items() if v > 0}
+    need: Dict[str, float] = {}
+    for bundle in actor_bundles(cfg):
+        for name, amount in bundle.items():
+            need[name] = need.get(name, 0.0) + amount
+    return need
 
 
 def connect(cfg) -> bool:

@@ -56,7 +56,7 @@ class RayRuntime:
         except BaseException:
             self.close()
             raise
-        self.eval_env = make_env(cfg.env_id)
+        self.eval_env = make_env(cfg.env_id, kwargs=cfg.env_kwargs)
         self.eval_policy = TanhGaussianPolicy(self.obs_dim, self.act_dim, cfg.sac.hidden_width,
                                               cfg.sac.num_hidden_layers)
         self.scaler = ActionScaler(self.eval_env.action_space)

@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict
 
 from mbpo_ray.errors import ConfigError
 from mbpo_ray.runtime.ray import actors as roles
-from mbpo_ray.runtime.ray.cluster import WORKER_RESOURCE_UNIT, required_resources
+from mbpo_ray.runtime.ray.cluster import required_resources, role_resources
 
 READY_TIMEOUT_S = 180
 
@@ -42,11 +42,9 @@ class ActorGroup:
     def everyone(self):
         return [self.buffer, self.learner, self.model_trainer, *self.collectors, *self.rollout_workers]
 
-    def _options(self, cpus: float, gpus: float = 0.0, worker: bool = False) -> Dict[str, Any]:
-        opts: Dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
-        if worker and self.cfg.ray.worker_node_resource:
-            opts["resources"] = {self.cfg.ray.worker_node_resource: WORKER_RESOURCE_UNIT}
-        return opts
+    def _options(self, role: str) -> Dict[str, Any]:
+        need = dict(role_resources(self.cfg, role))
+        return {"num_cpus": need.pop("CPU", 0.0), "num_gpus": need.pop("GPU", 0.0), "resources": need}
 
     def _new(self, role: str, index: int = 0):
         import ray
@@ -54,20 +52,19 @@ class ActorGroup:
         cfg, r, o, a = self.cfg, self.cfg.ray, self.obs_dim, self.act_dim
         seed = cfg.seed + 7919 * self.restarts.get(role, 0)
         if role == "collector":
-            cls = ray.remote(roles.EnvCollector).options(**self._options(r.collector_cpus, worker=True))
+            cls = ray.remote(roles.EnvCollector).options(**self._options("collector"))
             return cls.remote(cfg, seed + 104_729 * index, r.collector_cpus)
         if role == "rollout_worker":
-            cls = ray.remote(roles.RolloutWorker).options(
-                **self._options(r.rollout_worker_cpus, r.rollout_worker_gpus, worker=True))
+            cls = ray.remote(roles.RolloutWorker).options(**self._options("rollout_worker"))
             return cls.remote(cfg, o, a, seed + 3 + index, r.rollout_worker_cpus, r.rollout_worker_gpus)
         if role == "model_trainer":
-            cls = ray.remote(roles.ModelTrainer).options(**self._options(r.model_trainer_cpus, r.model_trainer_gpus))
+            cls = ray.remote(roles.ModelTrainer).options(**self._options("model_trainer"))
             return cls.remote(cfg, o, a, seed + 2, r.model_trainer_cpus, r.model_trainer_gpus)
         if role == "learner":
-            cls = ray.remote(roles.Learner).options(**self._options(r.learner_cpus, r.learner_gpus))
+            cls = ray.remote(roles.Learner).options(**self._options("learner"))
             return cls.remote(cfg, o, a, cfg.seed, r.learner_cpus, r.learner_gpus)
         if role == "buffer":
-            cls = ray.remote(roles.BufferActor).options(**self._options(r.buffer_cpus))
+            cls = ray.remote(roles.BufferActor).options(**self._options("buffer"))
             return cls.remote(cfg, o, a, cfg.seed + 1)
         raise AssertionError(role)
 

@@ -1,0 +1,289 @@
+"""`mbpo-ray sweep` on a real local Ray and real Tune (one Ray instance for the module): a small
+study end to end (valid run directories, W&B offline files, no API key in any file), a trial
+whose worker is killed restarts from its checkpoint, the study driver SIGKILLed mid-way and
+resumed, a Ray-runtime trial's actors inside its placement group, and a trial that could never
+be placed refused at submission. Budgets are tiny (tests/conftest.py's tiny_config)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+tune = pytest.importorskip("ray.tune")
+
+from mbpo_ray.cli import main  # noqa: E402
+from mbpo_ray.config import to_dict  # noqa: E402
+from mbpo_ray.run_dir import RunDirectory  # noqa: E402
+from mbpo_ray.tune.study import StudyError, cells, load_study, trial_config  # noqa: E402
+from mbpo_ray.tune.sweep import sweep  # noqa: E402
+from mbpo_ray.wandb_log import stable_run_id  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_KEY = "fake-wandb-key-0123456789abcdef0123456789abcdef"
+CLUSTER_CPUS = 8
+
+# tests/conftest.py's tiny_config as study overrides: every phase of MBPO within 400 steps
+TINY = """
+overrides:
+  all:
+    device: cpu
+    eval_episodes: 2
+    mbpo: {epoch_length: 200, init_random_steps: 200, model_train_freq: 100, rollout_batch_size: 1000,
+           updates_per_step: 2, rollout_schedule: [0, 2, 1, 3]}
+    model: {hidden_width: 32, max_fit_epochs: 5}
+    sac: {hidden_width: 32, batch_size: 64}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # Trial workers inherit the environment Ray starts with: a fake W&B key, which the offline
+    # runs below must neither use nor write anywhere. 8 logical CPUs: a Ray-runtime trial's
+    # group (5) beside a local trial; they mostly wait on each other.
+    saved = os.environ.get("WANDB_API_KEY")
+    os.environ["WANDB_API_KEY"] = FAKE_KEY
+    ray.init(address="local", num_cpus=CLUSTER_CPUS, object_store_memory=128 * 1024 * 1024,
+             include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("WANDB_API_KEY", None)
+        else:
+            os.environ["WANDB_API_KEY"] = saved
+
+
+def write_study(folder: Path, body: str, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + textwrap.dedent(body) + TINY)
+    return path
+
+
+def env_steps(run: RunDirectory):
+    return [r["env_steps"] for r in run.read_metrics()]
+
+
+class KillOnce(tune.Callback):
+    """Kills the worker process of trial ``name`` (SIGKILL) once Tune has recorded its first
+    checkpoint, remembering the metrics line written by then."""
+
+    def __init__(self, name: str, runs: Path):
+        self.name, self.runs = name, runs
+        self.killed_pid = None
+        self.first_line = None
+        self.recovered = 0
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if str(trial) != self.name or self.killed_pid is not None:
+            return
+        self.first_line = (self.runs / self.name / "metrics.jsonl").read_text().splitlines()[0]
+        self.killed_pid = trial.last_result["pid"]
+        os.kill(self.killed_pid, signal.SIGKILL)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if str(trial) == self.name:
+            self.recovered += 1
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_cluster, tmp_path_factory):
+    """2 algorithms x 2 seeds, 400 env steps each, W&B offline; one trial's worker killed."""
+    root = tmp_path_factory.mktemp("smoke")
+    path = write_study(root, """
+        algorithms: [mbpo, sac]
+        envs: [InvertedPendulum-v5]
+        seeds: [0, 1]
+        budget: {env_steps: 400}
+        max_concurrent_trials: 2
+        max_failures: 1
+        wandb: {mode: offline, group: smoke-test, tags: [ci]}
+        """, "smoke")
+    folder = root / "study"
+    killer = KillOnce("sac-InvertedPendulum-v5-seed1", folder / "runs")
+    start = time.perf_counter()
+    code = sweep(str(path), out=str(folder), callbacks=[killer], verbose=0)
+    return {"code": code, "folder": folder, "study": load_study(path), "killer": killer,
+            "seconds": time.perf_counter() - start}
+
+
+def test_smoke_study_writes_a_valid_run_directory_per_trial(smoke):
+    assert smoke["code"] == 0
+    folder, study = smoke["folder"], smoke["study"]
+    for name in ("study.yaml", "sweep.json", "trials.txt", "tune"):
+        assert (folder / name).exists(), name
+    expected = {c.name: c for c in cells(study)}
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == sorted(expected)
+    for name, cell in expected.items():
+        run = RunDirectory(folder / "runs" / name)
+        # the trial's resolved config: the cell's overrides on the env and algorithm presets
+        assert to_dict(run.load_config()) == to_dict(trial_config(cell.to_plain()))
+        assert env_steps(run) == [200, 400]
+        assert [r["epoch"] for r in run.read_metrics()] == [0, 1]
+        assert run.load_checkpoint()["env_steps"] == 400
+        assert run.curve_path.is_file()
+        if cell.algo == "mbpo":
+            assert "model/holdout_mse" in run.read_metrics()[-1] and "rollout/k" in run.read_metrics()[-1]
+
+
+def test_killed_trial_worker_restarts_from_its_checkpoint(smoke):
+    killer = smoke["killer"]
+    assert killer.killed_pid is not None and killer.recovered == 1
+    run = RunDirectory(smoke["folder"] / "runs" / killer.name)
+    lines = run.metrics_path.read_text().splitlines()
+    # the epoch before the checkpoint is the line written before the kill, byte for byte
+    # (a run from scratch would rewrite it with other perf/ timings); the next epoch is there once
+    assert lines[0] == killer.first_line
+    assert env_steps(run) == [200, 400]
+
+
+def test_smoke_study_logs_every_trial_to_wandb_offline(smoke):
+    folder = smoke["folder"]
+    study_id = __import__("json").loads((folder / "sweep.json").read_text())["id"]
+    for run_dir in (folder / "runs").iterdir():
+        runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+        run_id = stable_run_id(study_id, run_dir.name)
+        assert runs and all(r.name.endswith("-" + run_id) for r in runs), runs
+        # the killed trial's two processes logged to one W&B run
+        assert len(runs) == (2 if run_dir.name == smoke["killer"].name else 1)
+        data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
+        for text in (run_dir.name, "smoke-test", "eval/return_mean", "env_steps", "mbpo.updates_per_step", "curve"):
+            assert text.encode() in data, (run_dir.name, text)
+
+
+def test_no_file_of_the_study_holds_the_api_key(smoke):
+    files = [p for p in smoke["folder"].rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(files) > 40  # run directories, W&B files, Tune's state and checkpoints
+    holders = [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()]
+    assert holders == []
+
+
+def test_a_trial_folder_resumes_with_mbpo_ray_train(smoke):
+    run = smoke["folder"] / "runs" / "sac-InvertedPendulum-v5-seed0"
+    assert main(["train", "--resume", str(run), "--steps", "600", "--no-progress"]) == 0
+    assert env_steps(RunDirectory(run)) == [200, 400, 600]
+
+
+def test_ray_runtime_trial_actors_run_inside_its_placement_group(ray_cluster, tmp_path):
+    path = write_study(tmp_path, """
+        envs: [InvertedPendulum-v5]
+        seeds: [0]
+        budget: {env_steps: 400}
+        variants:
+          actors: {algo: mbpo, runtime: ray, ray.num_rollout_workers: 1}
+        wandb: {mode: disabled}
+        """, "group")
+    # the trial process, learner, model trainer, collector, rollout worker (1 CPU each)
+    bundles = [{"CPU": 1.0}] * 5
+
+    class CheckPlacement(tune.Callback):
+        seen = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            groups = [(pg_id, entry) for pg_id, entry in ray.util.placement_group_table().items()
+                      if entry["state"] == "CREATED"]
+            assert len(groups) == 1, groups
+            pg_id, entry = groups[0]
+            assert list(entry["bundles"].values()) == bundles
+            # Each bundle's CPU is taken (the group's own resource, CPU_group_<i>_<id>), and
+            # outside the group only the unreserved CPUs remain: the actors run in the group.
+            # (Ray's view of free resources lags a little: look again for a few seconds.)
+            deadline = time.time() + 20
+            while True:
+                free = ray.available_resources()
+                used = [free.get(f"CPU_group_{i}_{pg_id}", 0.0) == 0.0 for i in range(len(bundles))]
+                if all(used) and free.get("CPU", 0.0) == CLUSTER_CPUS - len(bundles) or time.time() > deadline:
+                    break
+                time.sleep(0.5)
+            self.seen.append((used, free.get("CPU", 0.0)))
+
+    check = CheckPlacement()
+    assert sweep(str(path), out=str(tmp_path / "study"), callbacks=[check], verbose=0) == 0
+    assert check.seen and all(all(used) and cpu == CLUSTER_CPUS - len(bundles) for used, cpu in check.seen), check.seen
+    run = RunDirectory(tmp_path / "study" / "runs" / "mbpo-actors-InvertedPendulum-v5-seed0")
+    assert env_steps(run) == [200, 400]
+    assert run.load_config().runtime == "ray"
+
+
+def test_trial_that_can_never_be_placed_is_refused_at_submission(ray_cluster, tmp_path):
+    path = write_study(tmp_path, """
+        envs: [InvertedPendulum-v5]
+        seeds: [0]
+        variants:
+          big: {algo: mbpo, runtime: ray, ray.num_rollout_workers: 20}
+        wandb: {mode: disabled}
+        """, "too_big")
+    start = time.perf_counter()
+    with pytest.raises(StudyError, match=r"^variants.big.ray.num_rollout_workers: trial mbpo-big-InvertedPendulum-v5-seed0 "
+                                         r"needs 24 CPU .* but the Ray cluster has 8 CPU: it could never start"):
+        sweep(str(path), out=str(tmp_path / "study"), verbose=0)
+    assert time.perf_counter() - start < 60  # refused, not waiting for resources that never come
+    assert not (tmp_path / "study").exists()
+
+
+def _metrics(folder: Path, name: str) -> Path:
+    return folder / "runs" / name / "metrics.jsonl"
+
+
+def _lines(path: Path):
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def test_killed_study_driver_resumes_without_rerunning_or_repeating(ray_cluster, tmp_path):
+    path = write_study(tmp_path, """
+        algorithms: [sac]
+        envs: [InvertedPendulum-v5]
+        seeds: [0, 1]
+        budget: {env_steps: 800}
+        max_concurrent_trials: 1
+        wandb: {mode: disabled}
+        """, "killed")
+    folder = tmp_path / "study"
+    first, second = "sac-InvertedPendulum-v5-seed0", "sac-InvertedPendulum-v5-seed1"
+    command = [sys.executable, "-m", "mbpo_ray", "sweep"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(command + [str(path), "--out", str(folder), "--address", ray_cluster],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    try:
+        # the first trial finished; the second has written two epochs (its first checkpoint
+        # is a whole epoch old, so Tune has recorded it) and has two to go
+        deadline = time.time() + 300
+        while not (len(_lines(_metrics(folder, first))) == 4 and len(_lines(_metrics(folder, second))) >= 2):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "the study did not get there in 300 s"
+            time.sleep(0.2)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        log.close()
+    assert len(_lines(_metrics(folder, second))) < 4, "the second trial finished before the kill"
+    before_first = _metrics(folder, first).read_bytes()
+    before_first_checkpoint = (folder / "runs" / first / "checkpoint.pt").stat().st_mtime_ns
+    before_second = _lines(_metrics(folder, second))
+    # Ray ends the dead driver's trial; wait until its resources are free
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < CLUSTER_CPUS and time.time() < deadline:
+        time.sleep(0.5)
+
+    resumed = subprocess.run(command + ["--resume", str(folder), "--address", ray_cluster], capture_output=True,
+                             text=True, cwd=REPO, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming study killed" in resumed.stdout
+    # the finished trial was not run again
+    assert _metrics(folder, first).read_bytes() == before_first
+    assert (folder / "runs" / first / "checkpoint.pt").stat().st_mtime_ns == before_first_checkpoint
+    # the unfinished one continued from its checkpoint: every epoch once, the first one as
+    # written before the kill
+    after = _lines(_metrics(folder, second))
+    assert env_steps(RunDirectory(folder / "runs" / second)) == [200, 400, 600, 800]
+    assert after[0] == before_second[0]

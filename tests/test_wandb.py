@@ -1,0 +1,130 @@
+"""W&B logging (mbpo_ray/wandb_log.py, docs/sweeps.md "W&B"): the mode rule, what the logger
+sends (checked against a stand-in for the wandb module: config, env_steps as the step axis,
+each record once, the curve image), and `mbpo-ray train --wandb` with the real wandb in
+offline mode: the run's files, a resume continuing the same W&B run, and no API key in any
+file."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from mbpo_ray.cli import main
+from mbpo_ray.config import to_dict
+from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.train import TrainResult
+from mbpo_ray.wandb_log import WandbLogger, WandbOptions, existing_run_id, resolve_mode, stable_run_id
+
+FAKE_KEY = "fake-wandb-key-fedcba9876543210fedcba9876543210"
+TINY = ["--env", "InvertedPendulum-v5", "--algo", "sac", "--steps", "400", "--seed", "3", "--device", "cpu",
+        "--set", "eval_episodes=2", "--set", "mbpo.epoch_length=200", "--set", "mbpo.init_random_steps=200",
+        "--set", "sac.hidden_width=32", "--set", "sac.batch_size=64", "--set", "torch_threads=1"]
+
+
+def test_mode_is_online_only_with_a_key_unless_forced():
+    assert resolve_mode("auto", {}) == "offline"
+    assert resolve_mode("auto", {"WANDB_API_KEY": "k"}) == "online"
+    assert resolve_mode("offline", {"WANDB_API_KEY": "k"}) == "offline"
+    assert resolve_mode("disabled", {"WANDB_API_KEY": "k"}) == "disabled"
+    with pytest.raises(ValueError, match="wandb mode 'cloud' is not allowed: one of auto, offline, online, disabled"):
+        resolve_mode("cloud", {})
+
+
+def test_existing_run_id_is_the_newest_runs(tmp_path):
+    assert existing_run_id(tmp_path) is None
+    for name in ("offline-run-20240101_000000-abc", "run-20240301_120000-xyz_1", "latest-run", "debug.log"):
+        (tmp_path / "wandb" / name).mkdir(parents=True)
+    assert existing_run_id(tmp_path) == "xyz_1"
+    assert stable_run_id("s1", "sac-Hopper-v5-seed0") == stable_run_id("s1", "sac-Hopper-v5-seed0")
+    assert stable_run_id("s1", "sac-Hopper-v5-seed0") != stable_run_id("s2", "sac-Hopper-v5-seed0")
+
+
+class FakeRun:
+    def __init__(self, **init):
+        self.init, self.logged, self.metrics, self.summary, self.finished = init, [], [], {}, 0
+
+    def define_metric(self, name, step_metric=None):
+        self.metrics.append((name, step_metric))
+
+    def log(self, row):
+        self.logged.append(row)
+
+    def finish(self):
+        self.finished += 1
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+    module = types.ModuleType("wandb")
+    module.runs = []
+
+    def init(**kwargs):
+        module.runs.append(FakeRun(**kwargs))
+        return module.runs[-1]
+    module.init = init
+    module.Settings = lambda **kwargs: kwargs
+    module.Image = lambda path: ("image", path)
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    return module
+
+
+def test_logger_sends_config_records_once_covered_by_a_checkpoint_and_the_curve(fake_wandb, tmp_path, tiny_config):
+    cfg = tiny_config()
+    run = RunDirectory(tmp_path / "run")
+    run.create(cfg)
+    run.curve_path.write_bytes(b"png")
+    logger = WandbLogger(WandbOptions(project="p", entity="e", group="g", tags=("a",), mode="offline"), "sac-x-seed3",
+                         run_id="id1", extra_config={"study": "s"})
+    logger.start(run, cfg)
+    wb = fake_wandb.runs[0]
+    assert wb.init["mode"] == "offline" and wb.init["dir"] == str(run.path) and wb.init["id"] == "id1"
+    assert (wb.init["project"], wb.init["entity"], wb.init["group"], wb.init["name"], wb.init["tags"]) == \
+        ("p", "e", "g", "sac-x-seed3", ["a"])
+    assert wb.init["config"] == {**to_dict(cfg), "study": "s"}
+    assert ("*", "env_steps") in wb.metrics  # env_steps is every key's step axis
+    records = [{"env_steps": 200 * i, "eval/return_mean": float(i), "model/holdout_mse": 0.1} for i in (1, 2, 3)]
+    logger.epoch(records[0], None)
+    assert wb.logged == []  # no checkpoint covers it yet: a resume would redo this epoch
+    logger.epoch(records[1], run.checkpoint_path)
+    assert wb.logged == records[:2]
+    logger.epoch(records[2], None)
+    logger.end(TrainResult(run, 600, True, 3.0))
+    assert wb.logged[:3] == records and wb.logged[3] == {"env_steps": 600, "curve": ("image", str(run.curve_path))}
+    assert wb.summary["completed"] is True
+    logger.close()
+    logger.close()
+    assert wb.finished == 1
+
+
+def test_disabled_logger_does_not_import_wandb(monkeypatch, tmp_path, tiny_config):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # importing it would fail
+    logger = WandbLogger(WandbOptions(mode="disabled"), "x")
+    run = RunDirectory(tmp_path)
+    logger.start(run, tiny_config())
+    logger.epoch({"env_steps": 1}, run.checkpoint_path)
+    logger.close()
+
+
+def test_wandb_flags_need_wandb(tmp_path, capsys):
+    assert main(["train", *TINY, "--out", str(tmp_path / "run"), "--wandb-project", "p"]) == 2
+    assert "--wandb-project needs --wandb" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_wandb_offline_writes_its_run_and_a_resume_continues_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    run_dir = tmp_path / "run"
+    flags = ["--wandb", "--wandb-mode", "offline", "--wandb-project", "proj", "--wandb-group", "grp", "--no-progress"]
+    assert main(["train", *TINY, "--out", str(run_dir), *flags]) == 0
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run_id = existing_run_id(run_dir)
+    assert main(["train", "--resume", str(run_dir), "--steps", "600", *flags]) == 0
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith("-" + run_id) for r in runs)  # the same W&B run
+    data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
+    for text in ("sac-InvertedPendulum-v5-seed3", "grp", "proj", "env_steps", "eval/return_mean", "sac.batch_size", "curve"):
+        assert text.encode() in data, text
+    files = [p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()] == []
