@@ -21,8 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
-from mbpo_ray.config import (ALGOS, TrainConfig, check_env_id, field_names, make_config, set_field,
-                             to_dict)
+from mbpo_ray.config import ALGOS, TrainConfig, check_env_id, field_names, make_config, set_field
 from mbpo_ray.config.validate import SEED_LIMIT
 from mbpo_ray.errors import ConfigError
 from mbpo_ray.wandb_log import WANDB_MODES, WandbOptions
@@ -767,8 +766,3 @@ def trial_table(study: Study, plans: List[CellPlan], folder: str) -> str:
 
 def dump_study(study: Study) -> str:
     return yaml.safe_dump(study.to_plain(), sort_keys=False)
-
-
-def cell_configs_flat(cell: Cell, search: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The flat config a trial of ``cell`` resolves to (for W&B and tests)."""
-    return to_dict(trial_config(cell.to_plain(), search))

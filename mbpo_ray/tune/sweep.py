@@ -196,8 +196,7 @@ def check_envs(plans: Sequence[CellPlan]) -> None:
     seen = set()
     for plan in plans:
         cfg = plan.cfg
-        key = (cfg.env_id, json.dumps(getattr(cfg, "env_kwargs", None), sort_keys=True, default=str),
-               cfg.mbpo.termination if hasattr(cfg.mbpo, "termination") else None)
+        key = (cfg.env_id, json.dumps(cfg.env_kwargs, sort_keys=True, default=str), cfg.mbpo.termination)
         if key in seen:
             continue
         seen.add(key)
