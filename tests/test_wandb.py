@@ -104,6 +104,7 @@ def test_disabled_logger_does_not_import_wandb(monkeypatch, tmp_path, tiny_confi
     logger.start(run, tiny_config())
     logger.epoch({"env_steps": 1}, run.checkpoint_path)
     logger.close()
+    assert sys.modules["wandb"] is None  # an import of wandb would have raised ImportError above
 
 
 def test_wandb_flags_need_wandb(tmp_path, capsys):
