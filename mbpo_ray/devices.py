@@ -6,7 +6,7 @@ torch for those facts. A device that is not there is a ConfigError naming what i
 a silent fall back to the CPU.
 
 Inside a Ray actor, Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned (``ray.get_gpu_ids()``),
-so the actor sees them as cuda:0 .. cuda:len-1 and runs on cuda:0; an actor that got no GPU runs
+so the actor sees them as visible indices 0 .. len-1 and runs on the first; an actor that got no GPU runs
 on the CPU. Which actors get a GPU is set by ``ray.*_gpus`` (checked in mbpo_ray.config).
 """
 from __future__ import annotations
@@ -19,8 +19,11 @@ if TYPE_CHECKING:
     import torch
 
 
+FIRST_VISIBLE = 0  # "cuda" means the first GPU this process sees (Ray's assignment inside an actor)
+
+
 def _present(cuda_count: int, mps_available: bool) -> str:
-    """What this process has, e.g. "1 CUDA device (cuda:0)"."""
+    """What this process has, e.g. "1 CUDA device" with its device names."""
     if cuda_count == 0:
         cuda = "no CUDA device"
     else:
@@ -38,8 +41,8 @@ def choose_device(spec: str, cuda_count: int, mps_available: bool,
     """
     if gpu_ids is not None:
         return _choose_for_actor(spec, cuda_count, list(gpu_ids))
-    if spec == "auto":  # MPS only when asked for by name
-        return "cuda:0" if cuda_count > 0 else "cpu"
+    if spec == "auto":  # the first visible GPU if there is one; MPS only when asked for by name
+        spec = "cuda" if cuda_count > 0 else "cpu"
     if spec == "cpu":
         return "cpu"
     if spec == "mps":
@@ -48,7 +51,7 @@ def choose_device(spec: str, cuda_count: int, mps_available: bool,
                               f"process sees {_present(cuda_count, mps_available)}")
         return "mps"
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        index = int(spec[5:]) if spec != "cuda" else 0
+        index = int(spec[5:]) if spec != "cuda" else FIRST_VISIBLE
         if index >= cuda_count:
             raise ConfigError(f"device={spec!r} is not available: this process sees "
                               f"{_present(cuda_count, mps_available)}")
@@ -65,7 +68,8 @@ def _choose_for_actor(spec: str, cuda_count: int, gpu_ids: list) -> str:
     if cuda_count == 0:
         raise ConfigError(f"Ray assigned GPU(s) {gpu_ids} to this actor but torch sees no CUDA "
                           f"device (CUDA_VISIBLE_DEVICES, the driver or torch's CUDA build)")
-    return "cuda:0"
+    # Ray made exactly the assigned GPUs visible: the actor's first one has the first visible index
+    return f"cuda:{FIRST_VISIBLE}"
 
 
 def resolve_device(spec: str, gpu_ids: Optional[Sequence] = None) -> "torch.device":

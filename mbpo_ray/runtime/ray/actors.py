@@ -29,7 +29,7 @@ from mbpo_ray.models.termination import LearnedTermination
 def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
     """The device of an actor, by the one device rule (``mbpo_ray.devices``) applied to
     ``cfg.device`` and the GPUs Ray assigned this actor (none when it asked for none; Ray sets
-    CUDA_VISIBLE_DEVICES to the assigned GPUs, so inside the actor they are cuda:0, ...)."""
+    CUDA_VISIBLE_DEVICES to the assigned GPUs, so inside the actor they are the visible ones)."""
     import ray
 
     gpu_ids = list(ray.get_gpu_ids()) if gpus > 0 and ray.is_initialized() else []
