@@ -328,5 +328,8 @@ def test_a_trial_the_cluster_can_never_hold_is_refused(tmp_path):
 def test_study_folder_locations():
     assert StudyFolder("s3://bucket/sweeps/x").is_uri and StudyFolder("s3://bucket/x").runs_dir is None
     local = StudyFolder("runs/sweeps/x")
-    assert not local.is_uri and local.runs_dir == "runs/sweeps/x/runs"
+    # absolute: a trial runs in a working directory of Tune's, where a relative --out would put its
+    # run directory somewhere under Ray's session folder instead of the study folder
+    assert not local.is_uri and local.runs_dir == str(Path.cwd() / "runs/sweeps/x/runs")
+    assert local.storage_path == str(Path.cwd() / "runs/sweeps/x")
     assert StudyFolder("file:///tmp/a").path == Path("/tmp/a")

@@ -55,7 +55,10 @@ class StudyFolder:
 
     @property
     def path(self) -> Path:
-        return Path(self.location[len("file://"):] if self.location.startswith("file://") else self.location)
+        """The folder as an absolute path: trials run in working directories of Tune's choosing, so
+        a relative ``--out`` (or ``storage``) must not reach them as it was typed."""
+        local = self.location[len("file://"):] if self.location.startswith("file://") else self.location
+        return Path(local).expanduser().absolute()
 
     @property
     def runs_dir(self) -> Optional[str]:
@@ -64,7 +67,7 @@ class StudyFolder:
     @property
     def storage_path(self) -> str:
         """Tune's storage_path: the experiment goes to ``<this>/tune``."""
-        return self.location if self.is_uri else str(self.path.resolve())
+        return self.location if self.is_uri else str(self.path)
 
     def _fs(self) -> Tuple[Any, str]:
         import pyarrow.fs
