@@ -7,9 +7,17 @@ STEPS ?= 5000
 SEED ?= 0
 OUT ?= runs/InvertedPendulum-v5-seed$(SEED)-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install run test bench clean
+# `make docker`: the cluster images (docker/, docs/clusters.md), tagged
+# <IMAGE>:<version>-ray<Ray version>-<Python tag>-gpu and -cpu, the tag that cluster/ files name.
+IMAGE ?= mbpo-ray
+MBPO_VERSION = $(shell sed -n 's/^version = //p' setup.cfg)
+RAY_VERSION = $(shell sed -n 's/^ray==//p' constraints.txt)
+PY_TAG = $(shell sed -n 's/^FROM rayproject\/ray:[^-]*-\(py[0-9]*\)-gpu.*/\1/p' docker/Dockerfile.gpu)
+IMAGE_TAG = $(MBPO_VERSION)-ray$(RAY_VERSION)-$(PY_TAG)
 
-$(BIN)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+.PHONY: install run test bench clean docker
+
+$(BIN)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS) constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'
@@ -22,6 +30,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+docker:
+	docker build -f docker/Dockerfile.gpu -t $(IMAGE):$(IMAGE_TAG)-gpu .
+	docker build -f docker/Dockerfile.cpu -t $(IMAGE):$(IMAGE_TAG)-cpu .
 
 clean:
 	rm -rf $(VENV) runs

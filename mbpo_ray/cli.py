@@ -15,6 +15,7 @@ import yaml
 from mbpo_ray.config import (ALGOS, ENV_ID_HELP, SUPPORTED_ENVS, ConfigError, ConfigFile, TrainConfig,
                              apply_overrides, load_config_file, make_config, parse_override, to_dict, validate)
 from mbpo_ray.analysis.options import add_report_arguments
+from mbpo_ray.diagnostics.options import add_analyze_arguments
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.tune.command import add_sweep_arguments
@@ -22,7 +23,7 @@ from mbpo_ray.wandb_log import add_wandb_arguments
 
 
 # What a resumed run may change: everything else would make it a different experiment.
-RESUMABLE_FIELDS = ("total_steps", "device", "torch_threads", "ray.address")
+RESUMABLE_FIELDS = ("total_steps", "device", "torch_threads", "ray.address", "keep_checkpoints_every")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(sub.add_parser(
         "report", help="compare runs: learning curves, final scores, IQM, probability of improvement, "
                        "performance profiles, steps to threshold, sample efficiency (docs/report.md)"))
+    add_analyze_arguments(sub.add_parser(
+        "analyze", help="the MBPO paper's analysis on a run: compounding error, the bound and k*, model error "
+                        "under policy shift, exploitation, ensemble disagreement, data flow; report bundles "
+                        "them (docs/diagnostics.md)"))
     return parser
 
 
@@ -165,6 +170,10 @@ def _train(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "analyze":
+            from mbpo_ray.diagnostics.command import run_analyze  # torch and matplotlib: only for an analysis
+
+            return run_analyze(args)
         if args.command == "report":
             from mbpo_ray.analysis.report import run_report  # numpy and matplotlib: only for a report
 

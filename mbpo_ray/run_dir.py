@@ -4,6 +4,9 @@
     RUN/metrics.jsonl    one record per epoch: env_steps, epoch and namespaced metrics
     RUN/checkpoint.pt    the latest checkpoint (written atomically)
     RUN/curve.png        eval return against env steps
+    RUN/checkpoints/step_N.pt  with keep_checkpoints_every: the networks at N env steps
+                         (policy and dynamics ensemble; read by `mbpo-ray analyze`,
+                         docs/diagnostics.md)
 
 Every metric key, its meaning and which algorithm writes it: docs/metrics.md.
 """
@@ -30,6 +33,7 @@ class RunDirectory:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
     curve_path = property(lambda self: self.path / "curve.png")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
 
     # --- creation ---
     def check_new(self) -> None:
@@ -100,6 +104,27 @@ class RunDirectory:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise RunDirError(f"{path} is not an mbpo-ray checkpoint of format {CHECKPOINT_FORMAT}")
         return state
+
+    def save_snapshot(self, env_steps: int, networks: Dict[str, Any]) -> Path:
+        """Keep ``networks`` (``mbpo_ray.diagnostics.load.networks_of_state``) as
+        checkpoints/step_<env_steps>.pt, written atomically."""
+        import torch
+
+        self.checkpoints_dir.mkdir(exist_ok=True)
+        path = self.checkpoints_dir / f"step_{env_steps}.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"env_steps": env_steps, **networks}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def snapshot_paths(self) -> List[Path]:
+        """The kept copies, by env steps."""
+        found = []
+        for p in self.checkpoints_dir.glob("step_*.pt"):
+            step = p.stem[len("step_"):]
+            if step.isdigit():
+                found.append((int(step), p))
+        return [p for _, p in sorted(found)]
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")

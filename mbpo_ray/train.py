@@ -97,12 +97,15 @@ class TrainHook:
         """Always called last, also when the run ends with an exception."""
 
 
-def save_checkpoint(run: RunDirectory, algo: Algorithm) -> None:
-    run.save_checkpoint({
-        "env_steps": algo.env_steps,
-        "algorithm": algo.state_dict(),
-        "rng": rng_state(),
-    })
+def save_checkpoint(run: RunDirectory, algo: Algorithm, keep_copy: bool = False) -> None:
+    """Write checkpoint.pt; ``keep_copy`` also keeps the networks as checkpoints/step_N.pt
+    (``keep_checkpoints_every``, docs/diagnostics.md)."""
+    state = {"env_steps": algo.env_steps, "algorithm": algo.state_dict(), "rng": rng_state()}
+    run.save_checkpoint(state)
+    if keep_copy:
+        from mbpo_ray.diagnostics.load import networks_of_state
+
+        run.save_snapshot(algo.env_steps, networks_of_state(state["algorithm"]))
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
@@ -204,8 +207,10 @@ def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: 
                 run.append_metrics(record)
                 epochs_done += 1
                 saved = epochs_done % cfg.checkpoint_every_epochs == 0 or algo.env_steps >= cfg.total_steps
+                keep = cfg.keep_checkpoints_every
+                keep_copy = keep > 0 and ((record["epoch"] + 1) % keep == 0 or algo.env_steps >= cfg.total_steps)
                 if saved:
-                    save_checkpoint(run, algo)
+                    save_checkpoint(run, algo, keep_copy)
                 if bar is not None:
                     bar.epoch(algo.env_steps, record)
                 for hook in hooks:

@@ -139,6 +139,8 @@ BAD = [
     ({"sac.tau": 0}, "sac.tau", "(0, 1]"),
     ({"model.max_fit_epochs": 0}, "model.max_fit_epochs", "null"),
     ({"env_id": 3}, "env_id", "string"),
+    ({"label": "k 1"}, "label", "letters, digits"),
+    ({"label": ""}, "label", "letters, digits"),
 ]
 
 

@@ -399,6 +399,21 @@ def test_group_by_splits_an_algorithm_and_a_mix_is_noted(tmp_path):
     assert len(pairs) == 4
 
 
+def test_a_label_is_a_group_of_its_own_and_labelled_mbpo_groups_are_candidates(tmp_path):
+    # a study's variants reach the report as the config's label (docs/sweeps.md)
+    root = tmp_path / "ablation"
+    for label, returns in (("k1", [0, 1, 2, 3]), ("k_long", [0, 1, 1, 2])):
+        for seed in range(2):
+            write_run(root / label / f"s{seed}", "InvertedPendulum-v5", "mbpo", seed, returns, label=label)
+    write_run(root / "sac", "InvertedPendulum-v5", "sac", 0, [0, 1, 1, 1], label="no_model_g20")
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out), "--reps", "100"]) == 0
+    report = parse_report(out)
+    assert {row[1] for row in report.tables["final-scores"][1:]} == {"mbpo-k1", "mbpo-k_long", "sac-no_model_g20"}
+    pairs = {(row[0], row[1]) for row in report.tables["improvement"][1:]}
+    assert {c for c, _ in pairs} == {"mbpo-k1", "mbpo-k_long"} and len(pairs) == 4
+
+
 def test_the_cli_loads_no_numpy_until_a_report_is_made():
     code = "import sys, mbpo_ray.cli; print('numpy' in sys.modules, 'matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -262,6 +262,7 @@ def test_cells_and_the_order_of_overrides(tmp_path):
     assert (cfg.sac.discount, cfg.mbpo.real_ratio, cfg.mbpo.updates_per_step) == (0.98, 1.0, 1)  # sac's preset
     cfg = resolved("sac-wide-Hopper-v5-seed4", **{"sac.learning_rate": 5e-4})
     assert (cfg.sac.discount, cfg.model.hidden_width, cfg.sac.tau, cfg.sac.learning_rate) == (0.9, 96, 0.01, 5e-4)
+    assert cfg.label == "wide"  # the variant's name: the report's group is sac-wide
 
 
 def test_numbers_in_exponent_form_are_numbers(tmp_path):

@@ -88,6 +88,8 @@ class MBPOLoop:
         record.update(self.runtime.agent_metrics())
         record.update(st.model_metrics)
         record.update(st.rollout_metrics)
+        if self.uses_model:
+            record.update(self.runtime.diagnostic_metrics())
         record.update(evaluation)
         record.update(self.runtime.runtime_metrics())
         record.update(self.timer.perf(st.env_steps))

@@ -42,8 +42,9 @@ AXIS_LABELS = {
 }
 # Config fields that change where or how fast a run goes, not what it computes: runs of one group
 # may differ in these without a note (the seed is what a group averages over).
-NON_EXPERIMENT_FIELDS = ("seed", "device", "torch_threads", "checkpoint_every_epochs", "ray.address",
-                         "ray.object_store_mb", "ray.worker_node_resource", "ray.max_actor_restarts")
+NON_EXPERIMENT_FIELDS = ("seed", "device", "torch_threads", "checkpoint_every_epochs", "keep_checkpoints_every",
+                         "ray.address", "ray.object_store_mb", "ray.worker_node_resource", "ray.learner_node_resource",
+                         "ray.max_actor_restarts")
 REPORT_FILES = ("report.md", "report.html")
 PROFILE_CHUNK = 1000  # bootstrap replicates per chunk of the performance-profile bands (memory)
 
@@ -197,8 +198,10 @@ def prepare_run(run: Run, options: ReportOptions) -> None:
 
 
 def group_label(run: Run, group_by: Sequence[str]) -> str:
+    """``algo[-label] [field=value ...]``: the label is a study's variant (docs/sweeps.md)."""
     parts = [f"{name}={_format_value(run.config.get(name))}" for name in group_by]
-    return " ".join([run.algo] + parts)
+    label = run.config.get("label")
+    return " ".join([run.algo + (f"-{label}" if label else "")] + parts)
 
 
 def _format_value(value: Any) -> str:
@@ -395,7 +398,8 @@ class Report:
                                       f"{', '.join(sorted(all_groups)) or 'none'}")
             self.candidates = [g for g in self.groups if g in options.candidates]
         else:
-            self.candidates = [g for g in self.groups if g.split(" ")[0] == "mbpo"]
+            mbpo_groups = {r.group for r in self.used if r.algo == "mbpo"}
+            self.candidates = [g for g in self.groups if g in mbpo_groups]
         for env in options.thresholds:
             if env not in {r.env for r in runs}:
                 raise ReportError(f"--threshold {env}=...: no run on {env}; the envs: "

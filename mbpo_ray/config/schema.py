@@ -210,6 +210,10 @@ class RayConfig:
     worker_node_resource: Optional[str] = None
     """A custom Ray resource that collectors and rollout workers require (e.g. one that only
     worker nodes advertise), to keep them off the head node; null: anywhere."""
+    learner_node_resource: Optional[str] = None
+    """A custom Ray resource that the learner, the model trainer and the buffer actor require
+    (e.g. one that only GPU nodes advertise), to keep them together on that kind of node;
+    null: anywhere (GPUs they ask for still place them on a GPU node)."""
     object_store_mb: int = 512
     """Object store size, for an in-process start only."""
     max_actor_restarts: int = 5
@@ -239,6 +243,10 @@ class TrainConfig:
     env's constructor); plain YAML values."""
     algo: str = "mbpo"
     """One of mbpo, sac, pets, steve, rllib-sac."""
+    label: Optional[str] = None
+    """The run's arm of a comparison beside its algorithm, e.g. an ablation's name (a study sets it
+    to the trial's variant); `mbpo-ray report` groups runs by algorithm and label. Letters, digits,
+    '_', '.' and '-'; null: no label."""
     seed: int = 0
     """Random seed, 0 <= seed < 2**32 (the seeds numpy accepts)."""
     total_steps: int = 20_000
@@ -253,6 +261,11 @@ class TrainConfig:
     """Deterministic-policy episodes per evaluation."""
     checkpoint_every_epochs: int = 1
     """Epochs between checkpoints (the last epoch is always saved)."""
+    keep_checkpoints_every: int = 0
+    """Every this many epochs, also keep the run's networks (the policy and the dynamics
+    ensemble; no buffers or optimisers, so not resumable) as checkpoints/step_N.pt, N the env
+    steps, for `mbpo-ray analyze exploitation` (docs/diagnostics.md); 0 keeps none. algo mbpo
+    only; an epoch keeps a copy only when it also writes a checkpoint."""
     runtime: str = "local"
     """local: one process; ray: MBPO as a group of Ray actors (see RayConfig)."""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -2,6 +2,7 @@
 and what is allowed."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mbpo_ray.config.presets import ENTRY_POINT, SUPPORTED_ENVS, check_env_id
@@ -12,6 +13,7 @@ from mbpo_ray.errors import ConfigError
 # np.random.seed takes seeds in [0, 2**32); torch.manual_seed takes more.
 SEED_LIMIT = 2**32
 RAY_GPU_FIELDS = ("rollout_worker_gpus", "model_trainer_gpus", "learner_gpus")
+LABEL = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
@@ -34,6 +36,8 @@ def validate(cfg: TrainConfig) -> None:
 def _check_run(cfg: TrainConfig) -> None:
     check_env_id(cfg.env_id)
     require(cfg.algo in ALGOS, "algo", cfg.algo, f"one of {', '.join(ALGOS)}")
+    require(cfg.label is None or (isinstance(cfg.label, str) and LABEL.fullmatch(cfg.label) is not None),
+            "label", cfg.label, "null or a name of letters, digits, '_', '.' and '-'")
     require(0 <= cfg.seed < SEED_LIMIT, "seed", cfg.seed,
             f"a non-negative integer below 2**32 = {SEED_LIMIT} (the seeds numpy accepts)")
     require(cfg.total_steps > 0, "total_steps", cfg.total_steps, "a positive integer")
@@ -47,6 +51,11 @@ def _check_run(cfg: TrainConfig) -> None:
     require(cfg.eval_episodes >= 1, "eval_episodes", cfg.eval_episodes, "at least 1")
     require(cfg.checkpoint_every_epochs >= 1, "checkpoint_every_epochs",
             cfg.checkpoint_every_epochs, "at least 1")
+    require(cfg.keep_checkpoints_every >= 0, "keep_checkpoints_every", cfg.keep_checkpoints_every,
+            "0 (keep none) or a positive number of epochs")
+    require(cfg.keep_checkpoints_every == 0 or cfg.algo == "mbpo", "keep_checkpoints_every",
+            cfg.keep_checkpoints_every, f"0 with algo {cfg.algo} (the copies hold an mbpo run's policy and "
+            f"dynamics ensemble)")
 
 
 def _plain(value: Any) -> bool:

@@ -8,6 +8,7 @@ from typing import Dict, Protocol
 import torch
 
 from mbpo_ray.data.buffers import ReplayBuffer
+from mbpo_ray.diagnostics.live import DISAGREEMENT_ROWS, ensemble_disagreement
 from mbpo_ray.models.ensemble import ProbabilisticEnsemble
 from mbpo_ray.models.model_env import ModelEnv, TerminationFn
 
@@ -32,7 +33,9 @@ def branched_rollout(model: ProbabilisticEnsemble, policy: Policy, start_obs: to
     """Roll every start state k steps (fewer if it terminates); each step each sample uses a
     random elite and samples reward and next state from its Gaussian. Rows with a non-finite
     prediction are dropped (not stored, not continued) and counted in rollout/nonfinite.
-    Returns rollout/ metrics."""
+    Returns rollout/ metrics, with the live diagnostics of docs/diagnostics.md (how the rollouts
+    ended; the elites' disagreement at the first ``DISAGREEMENT_ROWS`` start states with the
+    actions of the first step: no random draw of their own)."""
     env = ModelEnv(model, termination)
     layout = buffer.layout
     obs = start_obs
@@ -41,10 +44,13 @@ def branched_rollout(model: ProbabilisticEnsemble, policy: Policy, start_obs: to
     nonfinite = torch.zeros_like(added)
     reward_sum = torch.zeros((), device=obs.device)
     steps = 0
+    disagreement = None
     for _ in range(k):
         # Random draws in this order every step: the policy's, the elites', the model's.
         act = policy.act(obs)
         member = model.random_elites(obs.shape[0], device=obs.device)
+        if disagreement is None:
+            disagreement = ensemble_disagreement(model, obs[:DISAGREEMENT_ROWS], act[:DISAGREEMENT_ROWS])
         step = env.step(obs, act, member, noise="all")
         finite = step.finite
         nonfinite += (~finite).sum()
@@ -59,6 +65,8 @@ def branched_rollout(model: ProbabilisticEnsemble, policy: Policy, start_obs: to
         if obs.shape[0] == 0:
             break
     n_added = int(added)
+    n_start = int(start_obs.shape[0])
+    diagnostics = {} if disagreement is None else {"rollout/start_disagreement": float(disagreement)}
     return {
         "rollout/k": k,
         "rollout/steps_taken": steps,
@@ -68,4 +76,8 @@ def branched_rollout(model: ProbabilisticEnsemble, policy: Policy, start_obs: to
         "rollout/nonfinite": int(nonfinite),
         "rollout/mean_reward": float(reward_sum) / max(1, n_added),
         "rollout/model_buffer_size": len(buffer),
+        # each rollout ends at most once: on its terminal transition or its dropped prediction
+        "rollout/ended_terminated": int(terminated) / max(1, n_start),
+        "rollout/ended_nonfinite": int(nonfinite) / max(1, n_start),
+        **diagnostics,
     }

@@ -43,6 +43,11 @@ class Runtime(Protocol):
         """perf/ metrics of the runtime itself (per-actor throughput, weight lags) since the
         last call."""
 
+    def diagnostic_metrics(self) -> Dict[str, float]:
+        """The live diagnostics not tied to one fit or rollout batch (rollout/policy_kl: the
+        policy's KL from the policy that acted at each real step since the last call;
+        docs/diagnostics.md#live-metrics); empty without a model. Draws no random numbers."""
+
     def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
         """Deterministic-policy returns on fresh episodes of the real env."""
 

@@ -9,6 +9,7 @@ from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
+from mbpo_ray.diagnostics.live import BehaviorLog, elite_mse, policy_gaussian
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
@@ -84,6 +85,10 @@ class AgentRuntime:
     def runtime_metrics(self) -> Dict[str, float]:
         return {}
 
+    def diagnostic_metrics(self) -> Dict[str, float]:
+        """No model, no diagnostics (docs/diagnostics.md#live-metrics)."""
+        return {}
+
     # --- evaluation ---
     def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
         def act(obs):
@@ -121,14 +126,43 @@ class LocalRuntime(AgentRuntime):
         # mbpo.termination (docs/termination.md); a learned rule is fit right after the ensemble
         self.termination = make_termination(cfg, self.obs_dim, device)
         self.learned_termination = self.termination if isinstance(self.termination, LearnedTermination) else None
+        # The live diagnostics (docs/diagnostics.md#live-metrics): the policy's Gaussian at each
+        # step it acted (for rollout/policy_kl), and the real steps since the last fit (for
+        # model/new_data_mse). Only where rollouts use the policy (real_ratio < 1).
+        self.behavior = BehaviorLog(self.obs_dim, self.act_dim, device=device) if cfg.mbpo.real_ratio < 1 else None
+        self.steps_since_fit, self.model_fitted = 0, False
+
+    # --- env ---
+    def env_step(self, random_action: bool) -> Optional[float]:
+        if self.behavior is not None and not random_action:
+            obs_t = torch.as_tensor(self.train_env.obs, dtype=torch.float32, device=self.device)[None]
+            self.behavior.add(obs_t, *policy_gaussian(self.agent.policy, obs_t))
+        self.steps_since_fit += 1
+        return super().env_step(random_action)
 
     # --- model ---
     def fit_model(self) -> Dict[str, float]:
+        new_data = self.new_data_mse()
         metrics = self.model_trainer.fit_buffer(self.real_buffer)
         if self.learned_termination is not None:
             _, _, _, next_obs, terminated = self.real_buffer.all()
             metrics.update(self.learned_termination.fit(next_obs, terminated))
+        if new_data is not None:
+            metrics["model/new_data_mse"] = new_data
+        self.steps_since_fit, self.model_fitted = 0, True
         return metrics
+
+    def new_data_mse(self) -> Optional[float]:
+        """The current model's error on the real transitions added since it was fit (None before
+        the first fit or when there are none)."""
+        n = min(self.steps_since_fit, len(self.real_buffer))
+        if not self.model_fitted or n == 0:
+            return None
+        return elite_mse(self.model, self.real_buffer.rows_in_order()[-n:], self.real_buffer.layout)
+
+    def diagnostic_metrics(self) -> Dict[str, float]:
+        kl = self.behavior.take_kl(self.agent.policy) if self.behavior is not None else None
+        return {} if kl is None else {"rollout/policy_kl": kl}
 
     def generate_rollouts(self, num_start_states: int, rollout_length: int,
                           model_buffer_capacity: int) -> Dict[str, float]:
@@ -148,6 +182,9 @@ class LocalRuntime(AgentRuntime):
                  "model_buffer": self.model_buffer.state_dict()}
         if self.learned_termination is not None:
             state["learned_termination"] = self.learned_termination.state_dict()
+        state["diagnostics"] = {"steps_since_fit": self.steps_since_fit, "model_fitted": self.model_fitted}
+        if self.behavior is not None:
+            state["diagnostics"]["behavior"] = self.behavior.state_dict()
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -157,3 +194,9 @@ class LocalRuntime(AgentRuntime):
         self.model_buffer.load_state_dict(state["model_buffer"])
         if self.learned_termination is not None:
             self.learned_termination.load_state_dict(state["learned_termination"])
+        # checkpoints written before the live diagnostics: they start afresh
+        diagnostics = state.get("diagnostics", {})
+        self.steps_since_fit = diagnostics.get("steps_since_fit", 0)
+        self.model_fitted = diagnostics.get("model_fitted", False)
+        if self.behavior is not None and "behavior" in diagnostics:
+            self.behavior.load_state_dict(diagnostics["behavior"])

@@ -28,7 +28,7 @@ from mbpo_ray.wandb_log import WANDB_MODES, WandbOptions
 
 TOP_KEYS = ("name", "description", "algorithms", "envs", "seeds", "budget", "overrides", "variants",
             "search", "samples", "scheduler", "max_concurrent_trials", "max_failures", "gpus_per_trial",
-            "storage", "wandb")
+            "storage", "storage_shared", "wandb")
 BUDGET_KEYS = ("env_steps", "time_s")
 OVERRIDE_KEYS = ("all", "algorithms", "envs")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
@@ -151,6 +151,7 @@ class Study:
     max_failures: int = DEFAULT_MAX_FAILURES
     gpus_per_trial: float = 0.0
     storage: str = DEFAULT_STORAGE
+    storage_shared: bool = False  # the storage path is on a filesystem every node mounts (docs/clusters.md)
     wandb: WandbOptions = field(default_factory=WandbOptions)
 
     @property
@@ -193,6 +194,8 @@ class Study:
         out["max_failures"] = self.max_failures
         out["gpus_per_trial"] = self.gpus_per_trial
         out["storage"] = self.storage
+        if self.storage_shared:
+            out["storage_shared"] = True
         out["wandb"] = self.wandb.to_plain()
         return out
 
@@ -330,6 +333,11 @@ def parse_study(raw: Dict[str, Any], default_name: str = "study") -> Study:
                                          f"(trials share a GPU) or a whole number of GPUs")
         study.gpus_per_trial = gpus
     study.storage = _storage(raw.get("storage", DEFAULT_STORAGE))
+    shared = raw.get("storage_shared", False)
+    if not isinstance(shared, bool):
+        raise fail("storage_shared", f"{shared!r} is not allowed: true (the storage path is mounted at the "
+                                     f"same place on every node of the cluster) or false")
+    study.storage_shared = shared
     study.wandb = _wandb(raw.get("wandb", {}))
     return study
 
@@ -577,6 +585,8 @@ def cells(study: Study) -> List[Cell]:
                             origin[key] = "budget.env_steps" if path == "budget" else (
                                 path if path.startswith("(") else f"{path}.{key}")
                     overrides.update({"algo": algo, "seed": seed})
+                    if vname:  # the report groups a study's runs by algorithm and label
+                        overrides["label"] = vname
                     out.append(Cell(cell_name(algo, env, seed, vname), algo, env, seed, vname, overrides,
                                     origin, study.gpus_per_trial))
     return out
@@ -714,7 +724,7 @@ def resource_fields(runtime: str, resource: str) -> str:
     """The study keys that set a trial's need of ``resource`` (for error messages)."""
     if runtime == "ray":
         return {"CPU": "ray.*_cpus, ray.num_collectors, ray.num_rollout_workers",
-                "GPU": "ray.*_gpus"}.get(resource, "ray.worker_node_resource")
+                "GPU": "ray.*_gpus"}.get(resource, "ray.worker_node_resource, ray.learner_node_resource")
     return {"CPU": "torch_threads", "GPU": "gpus_per_trial"}.get(resource, resource)
 
 

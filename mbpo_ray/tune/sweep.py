@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import re
 import secrets
 import sys
 import time
@@ -190,6 +191,138 @@ def cluster_state() -> Tuple[Dict[str, float], List[Dict[str, float]]]:
     return dict(ray.cluster_resources()), [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
+# --- shared storage (docs/clusters.md, "Storage") -------------------------------------------------
+
+# Filesystem types, as /proc/mounts names them, whose files every machine that mounts them sees:
+# network and cluster filesystems, and FUSE mounts of object stores and remote disks.
+SHARED_FILESYSTEMS = frozenset((
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "glusterfs", "gpfs", "beegfs", "wekafs",
+    "fuse.ceph-fuse", "fuse.gcsfuse", "fuse.glusterfs", "fuse.goofys", "fuse.juicefs", "fuse.rclone",
+    "fuse.s3fs", "fuse.sshfs"))
+MOUNTS_FILE = "/proc/mounts"
+
+
+def _unescape_mount(field: str) -> str:
+    """/proc/mounts writes a space, tab, newline or backslash in a path as an octal escape."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: str, mounts_text: Optional[str] = None) -> Optional[str]:
+    """The type of the filesystem that holds ``path`` (or, when it does not exist yet, the
+    folder it would be made in), from /proc/mounts: the longest mount point above it, the last
+    one mounted there winning. None where /proc/mounts cannot be read (not Linux)."""
+    if mounts_text is None:
+        try:
+            mounts_text = Path(MOUNTS_FILE).read_text()
+        except OSError:
+            return None
+    target, tail = Path(path).expanduser().absolute(), []
+    while not target.exists() and target != target.parent:  # links resolved where the path exists
+        tail.append(target.name)
+        target = target.parent
+    target_text = Path(os.path.realpath(target)).joinpath(*reversed(tail)).as_posix()
+    best: Optional[Tuple[int, str]] = None
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point, kind = _unescape_mount(fields[1]), fields[2]
+        inside = target_text == point or target_text.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), kind)
+    return best[1] if best else None
+
+
+def storage_refusal(location: str, source: str, declared_shared: bool, driver_ip: str,
+                    node_ips: Sequence[str], autoscaling: bool, fs_type: Optional[str]) -> Optional[str]:
+    """Why a study folder at ``location`` cannot serve the cluster's nodes, or None when it can.
+    A folder serves every node when it is an ``s3://`` / ``gs://`` URI, when the study declares
+    ``storage_shared: true``, when its filesystem is one every node mounts
+    (``SHARED_FILESYSTEMS``), or when every node is on the driver's machine (``node_ips`` all
+    equal ``driver_ip``: one machine, or a simulated cluster on it) and no autoscaler can add
+    others. ``source`` is the study key or flag that set the location."""
+    if StudyFolder(location).is_uri or declared_shared or (fs_type or "") in SHARED_FILESYSTEMS:
+        return None
+    others = sorted({ip for ip in node_ips if ip != driver_ip})
+    if not others and not autoscaling:
+        return None
+    where = []
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        where.append(f"{len(others)} other machine{'s' if len(others) > 1 else ''} ({shown})")
+    if autoscaling:
+        where.append("an autoscaler that adds nodes on other machines")
+    return (f"{source} {location}: a folder on this machine's own disk (filesystem "
+            f"{fs_type or 'unknown'}), but the Ray cluster has {' and '.join(where)}, whose trials could not "
+            f"write there. Set storage (or --out) to an s3:// or gs:// URI, or to a path on a filesystem "
+            f"that every node mounts at the same place (NFS, SMB, CephFS, Lustre, ...); for a shared "
+            f"filesystem not recognised here, set storage_shared: true in the study (docs/clusters.md)")
+
+
+READONLY_NODE_TYPE = re.compile(r"node_[0-9a-f]+")
+
+
+def autoscaler_adds_nodes(status: Optional[bytes]) -> bool:
+    """Whether the status that Ray's autoscaler (v1) publishes comes from one that launches
+    nodes. Every Ray head runs the autoscaler's monitor; on a cluster started by hand it only
+    mirrors the nodes that are there, each under a node type made of its id (``node_<hex>``),
+    while a launching autoscaler (`ray up`, KubeRay) names the node types of its config."""
+    if not status:
+        return False
+    try:
+        report = json.loads(status).get("autoscaler_report") or {}
+    except ValueError:
+        return False
+    types = set(report.get("active_nodes") or {}) | set(report.get("idle_nodes") or {})
+    types |= set(report.get("pending_launches") or {})
+    types |= {entry[1] for entry in (report.get("pending_nodes") or []) + (report.get("failed_nodes") or [])
+              if len(entry) > 1}
+    return any(not READONLY_NODE_TYPE.fullmatch(str(t)) for t in types)
+
+
+def _autoscaling() -> bool:
+    """Whether an autoscaler may add nodes to the cluster Ray joined: the status the v1
+    autoscaler publishes in the GCS key-value store (``autoscaler_adds_nodes``), or the flag
+    there that switches autoscaler v2 on."""
+    try:
+        import ray._raylet as raylet
+        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+        if not _internal_kv_initialized():
+            return False
+        if autoscaler_adds_nodes(_internal_kv_get(DEBUG_AUTOSCALING_STATUS)):
+            return True
+        return _internal_kv_get(raylet.GCS_AUTOSCALER_V2_ENABLED_KEY,
+                                namespace=raylet.GCS_AUTOSCALER_STATE_NAMESPACE) == b"1"
+    except Exception:  # noqa: BLE001  (internal keys of Ray: no answer means no autoscaler seen)
+        return False
+
+
+def node_addresses() -> Tuple[str, List[str]]:
+    """The driver's machine and every live node's, as Ray names them (NodeManagerAddress)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    mine = ray.get_runtime_context().get_node_id()
+    driver = next((n["NodeManagerAddress"] for n in nodes if n["NodeID"] == mine), None)
+    return driver or ray.util.get_node_ip_address(), [n["NodeManagerAddress"] for n in nodes]
+
+
+def check_storage(study: Study, folder: StudyFolder, source: str) -> None:
+    """Refuse, before any trial starts, a study folder that some node of the cluster cannot
+    write to (``storage_refusal``)."""
+    import ray
+
+    if folder.is_uri or ray.util.client.ray.is_connected():  # Ray Client: Tune runs on the head
+        return
+    driver_ip, node_ips = node_addresses()
+    problem = storage_refusal(folder.location, source, study.storage_shared, driver_ip, node_ips,
+                              _autoscaling(), filesystem_type(str(folder.path)))
+    if problem:
+        raise StudyError(problem)
+
+
 def check_envs(plans: Sequence[CellPlan]) -> None:
     """Make each distinct env of the study once (mbpo_ray.envs.prepare_config): an env that does
     not exist, bad env_kwargs, unsupported spaces or a malformed termination function stop the
@@ -312,6 +445,7 @@ def sweep(study_path: Optional[str] = None, out: Optional[str] = None, address: 
     started = connect(plans, address)
     try:
         check_cluster(plans, *cluster_state())
+        check_storage(study, folder, "--resume" if resume else "--out" if out else "storage")
         settings = _settings(study, plans, folder, study_id)
         if resume:
             from ray import tune

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import ray
 from ray import tune
 
 from mbpo_ray.errors import RunDirError
@@ -37,6 +38,9 @@ SNAPSHOT_PREFIX = ".tune-checkpoint-"
 SNAPSHOT_METRICS = "metrics-snapshot.jsonl"
 SNAPSHOT_CONFIG = "config-snapshot.yaml"
 SNAPSHOT_INFO = "snapshot.json"
+# Added to every result a trial reports to Tune (not to metrics.jsonl): the Ray node that ran
+# it, so that Tune's results show where each trial ran and where a restarted trial went on.
+NODE_KEY = "node_id"
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -60,13 +64,15 @@ class TuneReporter(TrainHook):
     def __init__(self, full_snapshots: bool):
         self.full_snapshots = full_snapshots
         self.run: Optional[RunDirectory] = None
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def start(self, run: RunDirectory, cfg) -> None:
         self.run = run
 
     def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
+        result = {**record, NODE_KEY: self.node_id}
         if checkpoint is None:
-            tune.report(dict(record))
+            tune.report(result)
             return
         folder = Path(tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=self.run.path))
         try:
@@ -76,7 +82,7 @@ class TuneReporter(TrainHook):
                 shutil.copyfile(self.run.config_path, folder / SNAPSHOT_CONFIG)
             (folder / SNAPSHOT_INFO).write_text(json.dumps({"env_steps": record["env_steps"]}))
             # Tune copies the folder into the study's storage before report returns
-            tune.report(dict(record), checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -143,7 +149,7 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     if state is None:
         clear_run(run)
     elif state["env_steps"] >= cfg.total_steps:  # finished before the study's driver stopped
-        tune.report(dict(run.read_metrics()[-1]))
+        tune.report({**run.read_metrics()[-1], NODE_KEY: ray.get_runtime_context().get_node_id()})
         return
 
     hooks = [TuneReporter(full_snapshots=not shared)]

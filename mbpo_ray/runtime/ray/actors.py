@@ -20,6 +20,7 @@ from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.devices import resolve_device
+from mbpo_ray.diagnostics.live import elite_mse, policy_gaussian
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
@@ -80,17 +81,23 @@ class EnvCollector(Role):
         self.policy.load_state_dict(policy["weights"])
         self.policy_version = policy["version"]
 
-    def _step(self, random_action: bool) -> Tuple[np.ndarray, Optional[float]]:
+    def _step(self, random_action: bool) -> Tuple[np.ndarray, Optional[float], Optional[np.ndarray]]:
+        """(row, finished return, behaviour): behaviour is [obs | mean | log std] of the policy's
+        Gaussian where it acted (None for a random action), for rollout/policy_kl
+        (docs/diagnostics.md#live-metrics)."""
         env = self.train_env
+        behavior = None
         if random_action:
             action = env.random_action()
         else:
             with torch.no_grad():
-                action = self.policy.act(torch.as_tensor(env.obs, dtype=torch.float32)[None])[0].numpy()
+                obs_t = torch.as_tensor(env.obs, dtype=torch.float32)[None]
+                action = self.policy.act(obs_t)[0].numpy()
+                behavior = torch.cat([obs_t, *policy_gaussian(self.policy, obs_t)], dim=-1)[0].numpy()
         step = env.step(action)
         self.steps += 1
         row = self.layout.pack_numpy(step.obs, step.action, step.reward, step.next_obs, step.terminated)
-        return row, None if step.finished is None else step.finished[0]
+        return row, None if step.finished is None else step.finished[0], behavior
 
     def collect(self, num_steps: int, num_random: int, buffer, ticket: Tuple[str, int],
                 policy: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -104,17 +111,21 @@ class EnvCollector(Role):
         start = time.perf_counter()
         if policy is not None:
             self.set_policy(policy)
-        rows, finished = [], []
+        rows, finished, behavior = [], [], []
         for i in range(num_steps):
-            row, ret = self._step(i < num_random)
+            row, ret, acted = self._step(i < num_random)
             rows.append(row)
             if ret is not None:
                 finished.append(ret)
+            if acted is not None:
+                behavior.append(acted)
         real_added, stored = ray.get(buffer.add_env.remote(np.stack(rows), ticket))
         if not stored:  # a redone call whose chunk is already in D_env: these episodes are not
             finished = []  # the ones stored, so their returns are not reported either
+        width = self.layout.obs_dim + 2 * self.layout.act_dim
         return {"finished_returns": finished, "policy_version": self.policy_version,
-                "steps": num_steps, "seconds": time.perf_counter() - start, "real_added": real_added}
+                "steps": num_steps, "seconds": time.perf_counter() - start, "real_added": real_added,
+                "behavior": np.stack(behavior) if behavior else np.zeros((0, width), np.float32)}
 
     def state_dict(self) -> Dict[str, Any]:
         return {**self.train_env.state_dict(), "torch_rng": torch.get_rng_state(), "steps": self.steps}
@@ -184,6 +195,11 @@ class BufferActor(Role):
     def all_env(self) -> np.ndarray:
         return self.real.rows_in_order().numpy().copy()
 
+    def all_env_counted(self) -> Tuple[np.ndarray, int]:
+        """D_env's rows, oldest first, and the count of rows ever added, read together (a model
+        fit uses the count to find the rows it has not seen: model/new_data_mse)."""
+        return self.all_env(), self.real_added
+
     def sample_env_obs(self, n: int) -> np.ndarray:
         return self.real.sample(n)[0].numpy().copy()
 
@@ -223,11 +239,24 @@ class ModelTrainer(Role):
         self.termination = learned_termination(cfg, obs_dim, self.device)
         self.layout = RowLayout(obs_dim, act_dim)
         self.version = 0
+        self.fit_added: Optional[int] = None  # D_env's rows-ever-added count at the last fit
 
-    def fit(self, rows: np.ndarray) -> Tuple[Dict[str, float], Dict[str, Any]]:
+    def fit(self, rows: np.ndarray, real_added: Optional[int] = None) -> Tuple[Dict[str, float], Dict[str, Any]]:
+        """Refit on ``rows`` (D_env, oldest first). ``real_added``: the buffer actor's count of
+        rows ever added, which gives model/new_data_mse (the current weights' error on the rows
+        added since the last fit; docs/diagnostics.md#live-metrics)."""
         start = time.perf_counter()
         rows_t = torch.from_numpy(rows).to(self.device)
+        new_data = None
+        if real_added is not None and self.fit_added is not None and self.version > 0:
+            n = min(real_added - self.fit_added, rows_t.shape[0])
+            if n > 0:
+                new_data = elite_mse(self.model, rows_t[-n:], self.layout)
         metrics = self.trainer.fit_rows(rows_t)
+        if new_data is not None:
+            metrics["model/new_data_mse"] = new_data
+        if real_added is not None:
+            self.fit_added = real_added
         if self.termination is not None:
             _, _, _, next_obs, terminated = self.layout.split(rows_t)
             metrics.update(self.termination.fit(next_obs, terminated))
@@ -251,7 +280,7 @@ class ModelTrainer(Role):
 
     def state_dict(self) -> Dict[str, Any]:
         state = {"weights": self.weights(), "trainer": self.trainer.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(), "fit_added": self.fit_added}
         if self.termination is not None:
             state["termination_optimizer"] = self.termination.optimizer.state_dict()
         return state
@@ -259,6 +288,7 @@ class ModelTrainer(Role):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.load_weights(state["weights"])
         self.trainer.load_state_dict(state["trainer"])
+        self.fit_added = state.get("fit_added")
         if self.termination is not None:
             self.termination.optimizer.load_state_dict(state["termination_optimizer"])
         torch.set_rng_state(state["torch_rng"])

@@ -7,7 +7,12 @@ from typing import Dict, List
 
 from mbpo_ray.errors import ConfigError
 
-WORKER_RESOURCE_UNIT = 0.01  # what one collector / rollout worker takes of ray.worker_node_resource
+# What one actor takes of ray.worker_node_resource (collectors, rollout workers) or of
+# ray.learner_node_resource (learner, model trainer, buffer actor): a node that advertises 1 unit
+# holds 100 such actors (docs/clusters.md, "Node types and custom resources").
+WORKER_RESOURCE_UNIT = 0.01
+WORKER_ROLES = ("collector", "rollout_worker")
+LEARNER_ROLES = ("buffer", "learner", "model_trainer")
 
 
 # The roles of a run's actor group, in the order they are created (group.py).
@@ -16,7 +21,8 @@ ROLES = ("buffer", "learner", "model_trainer", "collector", "rollout_worker")
 
 def role_resources(cfg, role: str) -> Dict[str, float]:
     """What one actor of ``role`` asks Ray for: ``CPU``, ``GPU`` and, for collectors and rollout
-    workers, ``ray.worker_node_resource``. Zero amounts are left out."""
+    workers, ``ray.worker_node_resource``; for the learner, model trainer and buffer actor,
+    ``ray.learner_node_resource``. Zero amounts are left out."""
     r = cfg.ray
     cpus, gpus = {
         "buffer": (r.buffer_cpus, 0.0),
@@ -26,22 +32,25 @@ def role_resources(cfg, role: str) -> Dict[str, float]:
         "rollout_worker": (r.rollout_worker_cpus, r.rollout_worker_gpus),
     }[role]
     need = {"CPU": cpus, "GPU": gpus}
-    if role in ("collector", "rollout_worker") and r.worker_node_resource:
+    if role in WORKER_ROLES and r.worker_node_resource:
         need[r.worker_node_resource] = WORKER_RESOURCE_UNIT
+    if role in LEARNER_ROLES and r.learner_node_resource:
+        need[r.learner_node_resource] = WORKER_RESOURCE_UNIT
     return {k: float(v) for k, v in need.items() if v > 0}
 
 
 def actor_bundles(cfg) -> List[Dict[str, float]]:
     """One entry per actor of the group (``role_resources``), in creation order: the bundles of
     a placement group that holds the whole group (a Tune trial reserves one, docs/sweeps.md).
-    Actors that ask for nothing (``ray.buffer_cpus: 0``) have no bundle."""
+    Actors that ask for nothing (the buffer actor with ``ray.buffer_cpus: 0`` and no
+    ``ray.learner_node_resource``) have no bundle."""
     counts = {"collector": cfg.ray.num_collectors, "rollout_worker": cfg.ray.num_rollout_workers}
     bundles = [role_resources(cfg, role) for role in ROLES for _ in range(counts.get(role, 1))]
     return [b for b in bundles if b]
 
 
 def required_resources(cfg) -> Dict[str, float]:
-    """CPUs, GPUs (and ``ray.worker_node_resource``) the whole actor group of a run needs."""
+    """CPUs, GPUs (and the custom node resources) the whole actor group of a run needs."""
     need: Dict[str, float] = {}
     for bundle in actor_bundles(cfg):
         for name, amount in bundle.items():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mbpo_ray.agents.sac import TanhGaussianPolicy
+from mbpo_ray.diagnostics.live import BehaviorLog
 from mbpo_ray.envs import ActionScaler, make_env
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.runtime.base import Job
@@ -69,6 +70,8 @@ class RayRuntime:
         self.next_collector = 0
         self.tickets = 0                  # numbers the calls that push rows to the buffer actor
         self._perf = PerfCounters()
+        # the collectors' policy Gaussians where they acted, for rollout/policy_kl
+        self.behavior = BehaviorLog(self.obs_dim, self.act_dim)
 
     # --- the actors (read by tests and the multi-node checks) ---
     @property
@@ -139,8 +142,8 @@ class RayRuntime:
                          lambda: (self.launch_collect(collector, num_steps, num_random, ticket),))
 
     def start_fit(self) -> Job:
-        rows = self.buffer.all_env.remote()
-        return self._job("fit", 0, lambda: tuple(self.model_trainer.fit.options(num_returns=2).remote(rows)))
+        rows, added = self.buffer.all_env_counted.options(num_returns=2).remote()
+        return self._job("fit", 0, lambda: tuple(self.model_trainer.fit.options(num_returns=2).remote(rows, added)))
 
     def start_rollouts(self, num_start_states: int, rollout_length: int,
                        model_buffer_capacity: int) -> List[Job]:
@@ -192,6 +195,7 @@ class RayRuntime:
             if self.policy_version > 0 and out["policy_version"] >= 0:
                 perf.lags.append(self.policy_version - out["policy_version"])
             self.real_count = max(self.real_count, out["real_added"])
+            self.behavior.add_rows(torch.tensor(out["behavior"]))  # a copy: Ray's array is read-only
         elif job.kind == "fit":
             self.model_weights_ref, self.model_version = job.handle.refs[1], out["model/version"]
         elif job.kind == "rollout":
@@ -212,8 +216,12 @@ class RayRuntime:
 
         total = sum(p["rollout/transitions"] for p in parts)
 
-        def weighted(key):
-            return sum(p[key] * p["rollout/transitions"] for p in parts) / max(1, total)
+        def weighted(key, by="rollout/transitions"):
+            return sum(p[key] * p[by] for p in parts) / max(1, sum(p[by] for p in parts))
+        # the live diagnostics, per start state (docs/diagnostics.md#live-metrics)
+        starts = {key: weighted(key, "rollout/start_states") for key in
+                  ("rollout/ended_terminated", "rollout/ended_nonfinite", "rollout/start_disagreement")
+                  if all(key in p for p in parts)}
         return {"rollout/k": parts[0]["rollout/k"],
                 "rollout/steps_taken": max(p["rollout/steps_taken"] for p in parts),
                 "rollout/start_states": sum(p["rollout/start_states"] for p in parts),
@@ -221,7 +229,7 @@ class RayRuntime:
                 "rollout/terminated_frac": weighted("rollout/terminated_frac"),
                 "rollout/nonfinite": sum(p["rollout/nonfinite"] for p in parts),
                 "rollout/mean_reward": weighted("rollout/mean_reward"),
-                "rollout/model_buffer_size": ray.get(self.buffer.sizes.remote())["model"]}
+                "rollout/model_buffer_size": ray.get(self.buffer.sizes.remote())["model"], **starts}
 
     # --- Runtime: each operation is its jobs, waited for at once (the sync schedule) ---
     def _run(self, job: Job) -> Dict[str, Any]:
@@ -257,6 +265,17 @@ class RayRuntime:
         out["perf/actor_restarts"] = sum(self.restarts.values())
         return out
 
+    def diagnostic_metrics(self) -> Dict[str, float]:
+        """rollout/policy_kl: the latest published policy against the collectors' logged
+        Gaussians (docs/diagnostics.md#live-metrics)."""
+        import ray
+
+        if len(self.behavior) == 0:
+            return {}
+        policy = ray.get(self.policy_ref if self.policy_ref is not None else self.learner.policy.remote())
+        self.eval_policy.load_state_dict(policy["weights"])
+        return {"rollout/policy_kl": self.behavior.take_kl(self.eval_policy)}
+
     def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
         """The latest published policy, deterministic, in the driver's own eval env."""
         import ray
@@ -284,7 +303,7 @@ class RayRuntime:
             "driver": {"real_count": self.real_count, "next_collector": self.next_collector,
                        "tickets": self.tickets,
                        "model_version": self.model_version, "policy_version": self.policy_version,
-                       "restarts": dict(self.restarts)},
+                       "restarts": dict(self.restarts), "behavior": self.behavior.state_dict()},
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -302,6 +321,8 @@ class RayRuntime:
         self.model_version = d["model_version"]
         self.group.restarts = dict(d["restarts"])
         self.tickets = d.get("tickets", 0)
+        if "behavior" in d:
+            self.behavior.load_state_dict(d["behavior"])
         if d["model_version"] > 0:
             self.model_weights_ref = self.model_trainer.weights.remote()
         if d["policy_version"] > 0:
