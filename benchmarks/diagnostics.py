@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,16 +30,9 @@ sys.path.insert(0, str(REPO))
 from mbpo_ray.cli import main as cli_main  # noqa: E402
 from mbpo_ray.config import make_config  # noqa: E402
 from mbpo_ray.run_dir import RunDirectory  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def best_seconds(fn, repeats: int, inner: int) -> float:

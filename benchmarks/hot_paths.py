@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import tempfile
 import time
@@ -28,16 +27,7 @@ from mbpo_ray.agents.sac import SAC
 from mbpo_ray.algos import make_algorithm
 from mbpo_ray.config import SACConfig, make_config
 from mbpo_ray.data.buffers import ReplayBuffer
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_model  # benchmarks/machine.py
 
 
 def sync(device: torch.device) -> None:

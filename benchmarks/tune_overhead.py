@@ -32,18 +32,11 @@ from typing import Dict, List
 import yaml
 
 from mbpo_ray.run_dir import RunDirectory
+from machine import cpu_model  # benchmarks/machine.py
 
 RESULTS = Path(__file__).parent / "results" / "sweeps"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def loop_seconds(run: Path) -> float:
