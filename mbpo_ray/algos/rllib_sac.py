@@ -189,6 +189,12 @@ def _log_episode_return(*, episode, prev_episode_chunks=None, metrics_logger=Non
     metrics_logger.log_value(_EPISODES_KEY, 1, reduce="sum")
 
 
+def _finite_or_zero(value: Any) -> float:
+    """An RLlib metric as a number: a missing or NaN one is 0."""
+    number = float(value)
+    return number if math.isfinite(number) else 0.0
+
+
 # --- RLlib subclasses, defined on first use so that importing this module stays cheap --------
 
 def _define_rllib_classes() -> None:
@@ -338,11 +344,13 @@ class RLlibSAC:
         self._env_steps = int(runners.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, before))
         if self._env_steps <= before:
             raise RuntimeError(f"RLlib sampled no env steps in an iteration (at {before})")
-        self._return_sum += float(runners.get(_RETURN_SUM_KEY, 0.0))
-        self._episodes += int(runners.get(_EPISODES_KEY, 0))
+        # an iteration in which no episode ended reports NaN for the episode sums (HalfCheetah:
+        # 1,000-step episodes), which counts as none
+        self._return_sum += _finite_or_zero(runners.get(_RETURN_SUM_KEY, 0.0))
+        self._episodes += int(_finite_or_zero(runners.get(_EPISODES_KEY, 0)))
         learners = result.get(LEARNER_RESULTS, {})
-        trained = learners.get(ALL_MODULES, {}).get(NUM_ENV_STEPS_TRAINED, 0)
-        self._updates += int(round(float(trained) / self.cfg.sac.batch_size))
+        trained = _finite_or_zero(learners.get(ALL_MODULES, {}).get(NUM_ENV_STEPS_TRAINED, 0))
+        self._updates += int(round(trained / self.cfg.sac.batch_size))
         if learners.get("default_policy"):
             self._last_learner = learners["default_policy"]
 
