@@ -50,8 +50,8 @@ def live_cost(env_id: str, device: str, repeats: int = 5) -> dict:
     """Seconds per epoch that each live metric adds, with the env's paper preset sizes."""
     from mbpo_ray.agents.sac import SAC
     from mbpo_ray.data.buffers import ReplayBuffer
-    from mbpo_ray.diagnostics.live import (BEHAVIOR_CAPACITY, DISAGREEMENT_ROWS, BehaviorLog, elite_mse,
-                                           ensemble_disagreement, policy_gaussian)
+    from mbpo_ray.diagnostics.live import BEHAVIOR_CAPACITY, BehaviorLog, elite_mse
+    from mbpo_ray.models.rollout import DISAGREEMENT_ROWS
     from mbpo_ray.envs import make_env
     from mbpo_ray.models import ProbabilisticEnsemble
 
@@ -76,7 +76,7 @@ def live_cost(env_id: str, device: str, repeats: int = 5) -> dict:
     batches = b.epoch_length // (b.rollout_freq or b.model_train_freq)
 
     def per_step():
-        log.add(one, *policy_gaussian(agent.policy, one))
+        log.add(one, *agent.policy.gaussian(one))
 
     def kl():
         for _ in range(BEHAVIOR_CAPACITY // 10):
@@ -87,7 +87,7 @@ def live_cost(env_id: str, device: str, repeats: int = 5) -> dict:
     costs = {
         "behavior_per_env_step": best_seconds(per_step, repeats, 200) * b.epoch_length,
         "new_data_mse_per_fit": best_seconds(lambda: elite_mse(model, new_rows, buffer.layout), repeats, 20) * fits,
-        "start_disagreement_per_batch": best_seconds(lambda: float(ensemble_disagreement(model, starts, acts)),
+        "start_disagreement_per_batch": best_seconds(lambda: float(model.disagreement(starts, acts)),
                                                      repeats, 20) * batches,
         "policy_kl_per_epoch": best_seconds(kl, repeats, 2),
     }

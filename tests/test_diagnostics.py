@@ -15,8 +15,7 @@ from mbpo_ray.cli import main
 from mbpo_ray.config import ConfigError, ModelConfig, make_config
 from mbpo_ray.data import ReplayBuffer, RowLayout
 from mbpo_ray.diagnostics import bound
-from mbpo_ray.diagnostics.live import (BehaviorLog, elite_mse, ensemble_disagreement, gaussian_kl,
-                                       policy_gaussian)
+from mbpo_ray.diagnostics.live import BehaviorLog, elite_mse, gaussian_kl
 from mbpo_ray.diagnostics.options import KINDS
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
@@ -113,9 +112,9 @@ def test_live_metrics_draw_no_random_numbers():
     rows = RowLayout(3, 2).pack(obs, act, torch.randn(50), obs + 0.1, torch.zeros(50))
     log = BehaviorLog(3, 2, capacity=8)
     state = torch.get_rng_state()
-    ensemble_disagreement(model, obs, act)
+    model.disagreement(obs, act)
     elite_mse(model, rows, RowLayout(3, 2))
-    log.add(obs[:10], *policy_gaussian(policy, obs[:10]))
+    log.add(obs[:10], *policy.gaussian(obs[:10]))
     log.take_kl(policy)
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -135,16 +134,32 @@ def test_behavior_log_kl_is_zero_for_the_same_policy_and_positive_after_a_change
     log = BehaviorLog(3, 2, capacity=5)
     obs = torch.randn(7, 3)
     for o in obs:  # one step at a time, as the runtime adds them: only the newest 5 stay
-        log.add(o[None], *policy_gaussian(policy, o[None]))
+        log.add(o[None], *policy.gaussian(o[None]))
     assert len(log) == 5
-    recorded = policy_gaussian(policy, obs[2:])
+    recorded = policy.gaussian(obs[2:])
     saved = log.state_dict()
     assert log.take_kl(policy) == pytest.approx(0.0, abs=1e-6) and len(log) == 0
     log.load_state_dict(saved)
     with torch.no_grad():
         policy.net[-1].bias += 0.5  # moves every mean and log std
-    expected = float(gaussian_kl(*policy_gaussian(policy, obs[2:]), *recorded).mean())
+    with torch.no_grad():
+        expected = float(gaussian_kl(*policy.gaussian(obs[2:]), *recorded).mean())
     assert expected > 0 and log.take_kl(policy) == pytest.approx(expected, rel=1e-5)
+
+
+def test_act_and_gaussian_is_act_with_the_gaussian_it_drew_from():
+    # The runtimes record the acting policy's Gaussian from the same forward pass as the action
+    # (no second pass): same action as act under the same seed, same Gaussian as gaussian().
+    policy = TanhGaussianPolicy(3, 2, 16, 2)
+    obs = torch.randn(5, 3)
+    torch.manual_seed(4)
+    action = policy.act(obs)
+    torch.manual_seed(4)
+    both, mean, log_std = policy.act_and_gaussian(obs)
+    assert torch.equal(both, action)
+    expected_mean, expected_log_std = policy.gaussian(obs)
+    assert torch.equal(mean, expected_mean) and torch.equal(log_std, expected_log_std)
+    assert not (mean.requires_grad or both.requires_grad)
 
 
 def test_ensemble_disagreement_and_elite_mse_by_hand():
@@ -157,7 +172,7 @@ def test_ensemble_disagreement_and_elite_mse_by_hand():
         mean, _ = model(torch.cat([obs, act], -1))
     elites = mean[[3, 1]]
     by_hand = ((elites - elites.mean(0)) ** 2).mean(0).mean(-1).mean()
-    assert float(ensemble_disagreement(model, obs, act)) == pytest.approx(float(by_hand), rel=1e-5)
+    assert float(model.disagreement(obs, act)) == pytest.approx(float(by_hand), rel=1e-5)
     layout = RowLayout(3, 2)
     rew, next_obs = torch.randn(20), torch.randn(20, 3)
     rows = layout.pack(obs, act, rew, next_obs, torch.zeros(20))

@@ -41,10 +41,14 @@ class TanhGaussianPolicy(nn.Module):
         super().__init__()
         self.net = _mlp(obs_dim, hidden, layers, 2 * act_dim)
 
+    def gaussian(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The pre-tanh Gaussian (mean, log std) at obs [B, obs_dim] that actions are drawn from."""
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
     def forward(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Sample a reparameterised action in [-1, 1] and its log-probability."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        mean, log_std = self.gaussian(obs)
         std = log_std.exp()
         noise = torch.randn_like(mean)
         pre_tanh = mean + std * noise
@@ -60,6 +64,13 @@ class TanhGaussianPolicy(nn.Module):
             mean, _ = self.net(obs).chunk(2, dim=-1)
             return torch.tanh(mean)
         return self(obs)[0]
+
+    @torch.no_grad()
+    def act_and_gaussian(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A sampled action with the Gaussian it was drawn from: (action, mean, log std), one
+        forward pass and the same random draw as ``act``."""
+        mean, log_std = self.gaussian(obs)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean)), mean, log_std
 
 
 class ActorCritic(nn.Module):

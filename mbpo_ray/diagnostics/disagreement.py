@@ -1,7 +1,7 @@
 """`analyze disagreement`: the ensemble's epistemic spread along real trajectories against how
 much training data lies near each state (docs/diagnostics.md#disagreement).
 
-Spread: ``mbpo_ray.diagnostics.live.ensemble_disagreement`` per (state, action), the variance
+Spread: ``ProbabilisticEnsemble.disagreement`` per (state, action), the variance
 across the elites of their mean predictions of [reward, obs change] (the same quantity as
 rollout/start_disagreement). Nearness to the data: in the model's own standardised input space
 ((obs, action) minus its mean, divided by its std over the fit's training data), the mean
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from mbpo_ray.diagnostics.common import plt, policy_actor, rank_correlation, run_episodes, write_outputs
-from mbpo_ray.diagnostics.live import ensemble_disagreement
 from mbpo_ray.diagnostics.options import DiagnosticsError, DisagreementParams
 
 BINS = 5
@@ -65,7 +64,7 @@ def analyze_disagreement(run, out, params: DisagreementParams) -> Dict[str, Any]
                             params.max_episode_steps, params.seed)
     obs = torch.as_tensor(np.concatenate([ep.obs[:-1] for ep in episodes]), device=device)
     act = torch.as_tensor(np.concatenate([ep.act for ep in episodes]), device=device)
-    spread = ensemble_disagreement(model, obs, act, per_row=True).cpu().numpy()
+    spread = model.disagreement(obs, act, per_row=True).cpu().numpy()
     queries = standardise(model, torch.cat([obs, act], dim=-1))
     distance = knn(queries, reference, params.neighbours).cpu().numpy()
     # the radius: the typical k-NN distance of D_env's own rows (a sample of them)
@@ -84,15 +83,15 @@ def analyze_disagreement(run, out, params: DisagreementParams) -> Dict[str, Any]
                          "mean_neighbours_within_r": float(counts[inside].mean())})
 
     # the probe: D_env rows, and the same rows moved away from the data
-    on_data = ensemble_disagreement(model, _unstandardise_obs(model, sample, layout),
-                                    _unstandardise_act(model, sample, layout))
+    on_data = model.disagreement(_unstandardise_obs(model, sample, layout),
+                                 _unstandardise_act(model, sample, layout))
     directions = torch.randn_like(sample)
     directions = directions / directions.norm(dim=1, keepdim=True)
     probe = [{"shift": 0.0, "mean_disagreement": float(on_data), "mean_knn_distance": float(self_distance.mean())}]
     for shift in params.shifts:
         moved = sample + shift * directions
         o, a = _unstandardise_obs(model, moved, layout), _unstandardise_act(model, moved, layout)
-        probe.append({"shift": float(shift), "mean_disagreement": float(ensemble_disagreement(model, o, a)),
+        probe.append({"shift": float(shift), "mean_disagreement": float(model.disagreement(o, a)),
                       "mean_knn_distance": float(knn(moved, reference, params.neighbours).mean())})
     numbers = {
         "run": str(run.path), "env_steps": nets.env_steps, "params": vars(params),

@@ -5,26 +5,23 @@ resumed run's bit-identity, are the same with them as without them.
 * ``elite_mse``: one-step error of the model's mean prediction on given transitions (the
   runtimes pass the real transitions collected since the previous fit: data the model has not
   been trained on, from the newest policy: the paper's eps_m' measured live).
-* ``ensemble_disagreement``: the spread of the elites' mean predictions (epistemic
-  uncertainty), at the start states of a rollout batch.
+* ``ProbabilisticEnsemble.disagreement`` (the models' own): the spread of the elites' mean
+  predictions (epistemic uncertainty), measured by ``branched_rollout`` at the start states of
+  each rollout batch.
 * ``BehaviorLog`` and ``gaussian_kl``: the policy's shift from the policy that collected the
   recent real data (the paper's eps_pi), as KL(pi_now || pi_then) on the states where the policy
-  acted, pi_then being the policy's Gaussian recorded at the step it acted.
+  acted, pi_then being the policy's Gaussian (``TanhGaussianPolicy.act_and_gaussian``) recorded
+  at the step it acted.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 
-from mbpo_ray.agents.actor_critic import LOG_STD_MAX, LOG_STD_MIN
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.models.targets import fit_data_from_rows
 
-# Start states of a rollout batch on which the disagreement is measured: the first ones of the
-# batch (the batch was sampled at random already, so no new draw is needed); 256 rows cost a few
-# per cent of one rollout step at the paper's batch of 400 start states per env step.
-DISAGREEMENT_ROWS = 256
 # Policy steps kept for the KL: at most one paper epoch (1000 env steps).
 BEHAVIOR_CAPACITY = 1000
 
@@ -38,35 +35,6 @@ def elite_mse(model, rows: torch.Tensor, layout: RowLayout) -> float:
     mean, _ = model(inputs)  # [E, N, 1 + obs_dim]
     mse = ((mean - targets) ** 2).mean(dim=(1, 2))
     return float(mse[model.elite_idx].mean())
-
-
-@torch.no_grad()
-def member_predictions(model, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """Every member's mean of [reward, obs change] at (obs, act) [B, ...]: [E, B, 1 + obs_dim]."""
-    mean, _ = model(torch.cat([obs, act], dim=-1))
-    return mean
-
-
-@torch.no_grad()
-def ensemble_disagreement(model, obs: torch.Tensor, act: torch.Tensor, elites_only: bool = True,
-                          per_row: bool = False) -> torch.Tensor:
-    """Variance across the elites (all members with ``elites_only=False``) of their mean
-    predictions of [reward, obs change], averaged over those outputs: one value per row with
-    ``per_row``, else the mean over rows (a 0-d tensor). Target units squared, as
-    model/holdout_mse: a calibrated ensemble's disagreement is of the order of its error."""
-    mean = member_predictions(model, obs, act)
-    if elites_only:
-        mean = mean[model.elite_idx]
-    spread = mean.var(dim=0, unbiased=False).mean(dim=-1)  # [B]
-    return spread if per_row else spread.mean()
-
-
-@torch.no_grad()
-def policy_gaussian(policy, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The pre-tanh Gaussian (mean, log std) of a ``TanhGaussianPolicy`` at obs [B, obs_dim]: what
-    its forward pass samples from, with the same clamp; no random draw."""
-    mean, log_std = policy.net(obs).chunk(2, dim=-1)
-    return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
 
 def gaussian_kl(mean_p: torch.Tensor, log_std_p: torch.Tensor, mean_q: torch.Tensor,
@@ -97,6 +65,7 @@ class BehaviorLog:
     def add(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> None:
         self.add_rows(torch.cat([obs, mean, log_std], dim=-1))
 
+    @torch.no_grad()
     def add_rows(self, rows: torch.Tensor) -> None:
         """rows [B, obs_dim + 2 act_dim]; only the newest ``capacity`` are kept."""
         cap = self.rows.shape[0]
@@ -117,7 +86,7 @@ class BehaviorLog:
         rows = self.rows[: self.size]
         o, a = self.obs_dim, self.act_dim
         obs, mean_then, log_std_then = rows[:, :o], rows[:, o:o + a], rows[:, o + a:]
-        mean_now, log_std_now = policy_gaussian(policy, obs.to(next(policy.parameters()).device))
+        mean_now, log_std_now = policy.gaussian(obs.to(next(policy.parameters()).device))
         kl = gaussian_kl(mean_now, log_std_now, mean_then.to(mean_now.device), log_std_then.to(mean_now.device))
         self.ptr = self.size = 0
         return float(kl.mean())

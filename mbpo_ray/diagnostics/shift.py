@@ -23,7 +23,7 @@ import torch
 
 from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.diagnostics.common import linear_fit, plt, policy_actor, run_episodes, write_outputs
-from mbpo_ray.diagnostics.live import elite_mse, gaussian_kl, policy_gaussian
+from mbpo_ray.diagnostics.live import elite_mse, gaussian_kl
 from mbpo_ray.diagnostics.options import DiagnosticsError, ShiftParams
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 
@@ -46,7 +46,7 @@ def collect(cfg, policy, device, steps: int, seed: int, layout) -> torch.Tensor:
 @torch.no_grad()
 def mean_kl(policy, reference, obs: torch.Tensor) -> float:
     """Mean over ``obs`` of KL(policy || reference) (nats)."""
-    return float(gaussian_kl(*policy_gaussian(policy, obs), *policy_gaussian(reference, obs)).mean())
+    return float(gaussian_kl(*policy.gaussian(obs), *reference.gaussian(obs)).mean())
 
 
 def analyze_shift(run, out, params: ShiftParams) -> Dict[str, Any]:

@@ -78,6 +78,20 @@ class ProbabilisticEnsemble(nn.Module):
         draw = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         return obs + draw[:, 1:], draw[:, 0]
 
+    @torch.no_grad()
+    def disagreement(self, obs: torch.Tensor, act: torch.Tensor, elites_only: bool = True,
+                     per_row: bool = False) -> torch.Tensor:
+        """Epistemic spread at (obs, act) [B, ...]: the variance across the elites (all members
+        with ``elites_only=False``) of their mean predictions of [reward, obs change], averaged
+        over those outputs; one value per row with ``per_row``, else the mean over rows (a 0-d
+        tensor). Target units squared, as model/holdout_mse: a calibrated ensemble's disagreement
+        is of the order of its error (docs/diagnostics.md)."""
+        mean, _ = self(torch.cat([obs, act], dim=-1))  # [E, B, 1 + obs_dim]
+        if elites_only:
+            mean = mean[self.elite_idx]
+        spread = mean.var(dim=0, unbiased=False).mean(dim=-1)  # [B]
+        return spread if per_row else spread.mean()
+
     def random_elites(self, n: int, device=None) -> torch.Tensor:
         pick = torch.randint(self.num_elites, (n,), device=device or self.elite_idx.device)
         return self.elite_idx[pick]

@@ -9,7 +9,7 @@ from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
-from mbpo_ray.diagnostics.live import BehaviorLog, elite_mse, policy_gaussian
+from mbpo_ray.diagnostics.live import BehaviorLog, elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
@@ -47,7 +47,7 @@ class AgentRuntime:
             action = env.random_action()
         else:
             obs_t = torch.as_tensor(env.obs, dtype=torch.float32, device=self.device)[None]
-            action = self.agent.policy.act(obs_t)[0].cpu().numpy()
+            action = self.policy_action(obs_t)[0].cpu().numpy()
         step = env.step(action)
         row = self.real_buffer.layout.pack_numpy(step.obs, step.action, step.reward, step.next_obs, step.terminated)
         row = torch.as_tensor(row, device=self.device)[None]
@@ -55,6 +55,10 @@ class AgentRuntime:
         obs, _, rew, next_obs, _ = self.real_buffer.layout.split(row)
         self.agent.observe(obs, rew, next_obs)
         return None if step.finished is None else step.finished[0]
+
+    def policy_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The agent's sampled action at the training env's state obs [1, obs_dim]."""
+        return self.agent.policy.act(obs)
 
     def real_size(self) -> int:
         return len(self.real_buffer)
@@ -134,11 +138,15 @@ class LocalRuntime(AgentRuntime):
 
     # --- env ---
     def env_step(self, random_action: bool) -> Optional[float]:
-        if self.behavior is not None and not random_action:
-            obs_t = torch.as_tensor(self.train_env.obs, dtype=torch.float32, device=self.device)[None]
-            self.behavior.add(obs_t, *policy_gaussian(self.agent.policy, obs_t))
         self.steps_since_fit += 1
         return super().env_step(random_action)
+
+    def policy_action(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.behavior is None:
+            return super().policy_action(obs)
+        action, mean, log_std = self.agent.policy.act_and_gaussian(obs)
+        self.behavior.add(obs, mean, log_std)
+        return action
 
     # --- model ---
     def fit_model(self) -> Dict[str, float]:

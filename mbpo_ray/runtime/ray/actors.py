@@ -20,7 +20,7 @@ from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.devices import resolve_device
-from mbpo_ray.diagnostics.live import elite_mse, policy_gaussian
+from mbpo_ray.diagnostics.live import elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
@@ -92,8 +92,8 @@ class EnvCollector(Role):
         else:
             with torch.no_grad():
                 obs_t = torch.as_tensor(env.obs, dtype=torch.float32)[None]
-                action = self.policy.act(obs_t)[0].numpy()
-                behavior = torch.cat([obs_t, *policy_gaussian(self.policy, obs_t)], dim=-1)[0].numpy()
+                action, mean, log_std = self.policy.act_and_gaussian(obs_t)
+                action, behavior = action[0].numpy(), torch.cat([obs_t, mean, log_std], dim=-1)[0].numpy()
         step = env.step(action)
         self.steps += 1
         row = self.layout.pack_numpy(step.obs, step.action, step.reward, step.next_obs, step.terminated)
