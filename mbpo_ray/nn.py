@@ -59,7 +59,7 @@ class StackedMLP(nn.Module):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = self.activation(x)
-        return x
+        return x.float()  # float32 out under bf16 autocast too (mbpo_ray.precision); a no-op otherwise
 
     def forward_member(self, x: torch.Tensor, member: int) -> torch.Tensor:
         """x: [B, in] through one member only -> [B, out]."""
@@ -68,7 +68,7 @@ class StackedMLP(nn.Module):
             x = torch.addmm(b[member], x, w[member])
             if i < last:
                 x = self.activation(x)
-        return x
+        return x.float()
 
     def member_parameters(self) -> List[torch.Tensor]:
         return [*self.weights, *self.biases]

@@ -42,8 +42,9 @@ class TanhGaussianPolicy(nn.Module):
         self.net = _mlp(obs_dim, hidden, layers, 2 * act_dim)
 
     def gaussian(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The pre-tanh Gaussian (mean, log std) at obs [B, obs_dim] that actions are drawn from."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        """The pre-tanh Gaussian (mean, log std) at obs [B, obs_dim] that actions are drawn from
+        (float32, also under bf16 autocast: mbpo_ray.precision)."""
+        mean, log_std = self.net(obs).float().chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def forward(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +62,7 @@ class TanhGaussianPolicy(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         if deterministic:
-            mean, _ = self.net(obs).chunk(2, dim=-1)
-            return torch.tanh(mean)
+            return torch.tanh(self.gaussian(obs)[0])
         return self(obs)[0]
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 # baselines of docs/baselines.md. rllib-sac: RLlib's SAC as an external reference.
 ALGOS = ("mbpo", "sac", "pets", "steve", "rllib-sac")
 PROPAGATIONS = ("ts-inf", "ts-1", "expectation")
+PRECISIONS = ("float32", "bf16", "auto")  # TrainConfig.precision; the rule is mbpo_ray.precision
 RUNTIMES = ("local", "ray")
 # mbpo.termination: the rule that ends model rollouts (docs/termination.md). Besides these
 # names, "package.module:function" names a user's vectorised function.
@@ -254,6 +255,11 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when there is a CUDA device, else the CPU), cpu, cuda, cuda:N or mps; see
     mbpo_ray.devices."""
+    precision: str = "float32"
+    """float32; bf16: the SAC update, the ensemble's fit and the model rollouts under bfloat16
+    autocast (weights, optimiser state, losses and log-variances float32); auto: bf16 where the
+    device has bfloat16 matrix units (AVX512-BF16 or AMX CPUs, CUDA GPUs with bf16), else
+    float32. See docs/precision.md (why float32 is the default)."""
     torch_threads: Optional[int] = None
     """Intra-op CPU threads for torch; null keeps torch's default (all cores). Set 1 when several
     runs share a machine."""

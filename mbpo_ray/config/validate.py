@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from mbpo_ray.config.presets import ENTRY_POINT, SUPPORTED_ENVS, check_env_id
-from mbpo_ray.config.schema import (ALGOS, PROPAGATIONS, RUNTIMES, SCHEDULES, TERMINATIONS, MBPOConfig,
+from mbpo_ray.config.schema import (ALGOS, PRECISIONS, PROPAGATIONS, RUNTIMES, SCHEDULES, TERMINATIONS, MBPOConfig,
                                     ModelConfig, PETSConfig, SACConfig, TrainConfig)
 from mbpo_ray.errors import ConfigError
 
@@ -46,6 +46,10 @@ def _check_run(cfg: TrainConfig) -> None:
             "device", dev, "auto, cpu, cuda, cuda:N or mps")
     require(cfg.algo != "rllib-sac" or dev != "mps", "device", dev,
             "auto, cpu, cuda or cuda:N with algo rllib-sac (RLlib's torch learner runs on CPU or CUDA)")
+    require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"one of {', '.join(PRECISIONS)}")
+    require(cfg.precision == "float32" or cfg.algo in ("mbpo", "sac", "steve"), "precision", cfg.precision,
+            f"float32 with algo {cfg.algo} (bf16 covers the SAC update, the ensemble's fit and the model "
+            f"rollouts of mbpo, sac and steve)")
     require(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads", cfg.torch_threads,
             "null (torch's default) or at least 1")
     require(cfg.eval_episodes >= 1, "eval_episodes", cfg.eval_episodes, "at least 1")

@@ -64,7 +64,7 @@ class TerminationClassifier(nn.Module):
 
     def forward(self, next_obs: torch.Tensor) -> torch.Tensor:
         """next_obs [B, obs_dim] -> logits [B]."""
-        return self.net((next_obs - self.mu) / self.sigma).squeeze(-1)
+        return self.net((next_obs - self.mu) / self.sigma).float().squeeze(-1)  # float32 under bf16 autocast
 
 
 def class_weights(y: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
 from mbpo_ray.models.termination import LearnedTermination
+from mbpo_ray.precision import autocast, choose_precision
 from mbpo_ray.runtime.base import AgentBuilder
 
 
@@ -30,6 +31,7 @@ class AgentRuntime:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, make_agent: Optional[AgentBuilder] = None):
         self.cfg, self.device = cfg, device
+        self.precision = choose_precision(cfg.precision, device)  # float32 or bf16 (mbpo_ray.precision)
         self.train_env = TrainingEnv(cfg.env_id, cfg.seed, cfg.env_kwargs)
         self.eval_env = make_env(cfg.env_id, kwargs=cfg.env_kwargs)
         self.obs_dim, self.act_dim = self.train_env.obs_dim, self.train_env.act_dim
@@ -81,7 +83,9 @@ class AgentRuntime:
     def update_agent(self, num_updates: int, real_ratio: float) -> None:
         batch_size = self.cfg.sac.batch_size
         for _ in range(num_updates):
-            self.metrics.add(self.agent.update(*self.sample_batch(batch_size, real_ratio)))
+            batch = self.sample_batch(batch_size, real_ratio)
+            with autocast(self.device, self.precision):
+                self.metrics.add(self.agent.update(*batch))
 
     def agent_metrics(self) -> Dict[str, float]:
         return self.metrics.read()
@@ -151,10 +155,11 @@ class LocalRuntime(AgentRuntime):
     # --- model ---
     def fit_model(self) -> Dict[str, float]:
         new_data = self.new_data_mse()
-        metrics = self.model_trainer.fit_buffer(self.real_buffer)
-        if self.learned_termination is not None:
-            _, _, _, next_obs, terminated = self.real_buffer.all()
-            metrics.update(self.learned_termination.fit(next_obs, terminated))
+        with autocast(self.device, self.precision):
+            metrics = self.model_trainer.fit_buffer(self.real_buffer)
+            if self.learned_termination is not None:
+                _, _, _, next_obs, terminated = self.real_buffer.all()
+                metrics.update(self.learned_termination.fit(next_obs, terminated))
         if new_data is not None:
             metrics["model/new_data_mse"] = new_data
         self.steps_since_fit, self.model_fitted = 0, True
@@ -176,8 +181,9 @@ class LocalRuntime(AgentRuntime):
                           model_buffer_capacity: int) -> Dict[str, float]:
         self.model_buffer.resize(model_buffer_capacity)
         start_obs = self.real_buffer.sample(num_start_states)[0]
-        return branched_rollout(self.model, self.agent.policy, start_obs, rollout_length,
-                                self.termination, self.model_buffer)
+        with autocast(self.device, self.precision):
+            return branched_rollout(self.model, self.agent.policy, start_obs, rollout_length,
+                                    self.termination, self.model_buffer)
 
     # --- agent ---
     def sample_batch(self, batch_size: int, real_ratio: float):

@@ -20,6 +20,7 @@ from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.devices import resolve_device
+from mbpo_ray.precision import autocast, choose_precision
 from mbpo_ray.diagnostics.live import elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
@@ -234,6 +235,7 @@ class ModelTrainer(Role):
         set_threads(cpus)
         torch.manual_seed(seed)
         self.device = actor_device(cfg, gpus)
+        self.precision = choose_precision(cfg.precision, self.device)
         self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
         self.trainer = EnsembleTrainer(self.model, cfg.model)
         self.termination = learned_termination(cfg, obs_dim, self.device)
@@ -252,14 +254,16 @@ class ModelTrainer(Role):
             n = min(real_added - self.fit_added, rows_t.shape[0])
             if n > 0:
                 new_data = elite_mse(self.model, rows_t[-n:], self.layout)
-        metrics = self.trainer.fit_rows(rows_t)
+        with autocast(self.device, self.precision):
+            metrics = self.trainer.fit_rows(rows_t)
         if new_data is not None:
             metrics["model/new_data_mse"] = new_data
         if real_added is not None:
             self.fit_added = real_added
         if self.termination is not None:
             _, _, _, next_obs, terminated = self.layout.split(rows_t)
-            metrics.update(self.termination.fit(next_obs, terminated))
+            with autocast(self.device, self.precision):
+                metrics.update(self.termination.fit(next_obs, terminated))
         self.version += 1
         metrics["model/version"] = self.version
         metrics["model/actor_seconds"] = time.perf_counter() - start
@@ -303,6 +307,7 @@ class RolloutWorker(Role):
         set_threads(cpus)
         torch.manual_seed(seed)
         self.device = actor_device(cfg, gpus)
+        self.precision = choose_precision(cfg.precision, self.device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
         self.policy = TanhGaussianPolicy(obs_dim, act_dim, cfg.sac.hidden_width,
@@ -322,8 +327,9 @@ class RolloutWorker(Role):
             self.termination.load_weights(model_weights["termination"])
         self.policy.load_state_dict(policy["weights"])
         out = ReplayBuffer(self.obs_dim, self.act_dim, max(1, start_obs.shape[0] * k), self.device)
-        metrics = branched_rollout(self.model, self.policy, torch.from_numpy(start_obs).to(self.device),
-                                   k, self.termination, out)
+        with autocast(self.device, self.precision):
+            metrics = branched_rollout(self.model, self.policy, torch.from_numpy(start_obs).to(self.device),
+                                       k, self.termination, out)
         ray.get(buffer.add_model.remote(out.rows_in_order().cpu().numpy(), ticket))
         metrics["rollout/model_version"] = model_weights["version"]
         metrics["rollout/policy_version"] = policy["version"]
@@ -341,6 +347,7 @@ class Learner(Role):
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = actor_device(cfg, gpus)
+        self.precision = choose_precision(cfg.precision, self.device)
         self.agent = SAC(obs_dim, act_dim, cfg.sac, self.device)
         self.real = ReplayBuffer(obs_dim, act_dim, min(cfg.sac.replay_size, cfg.total_steps), self.device)
         self.model = ReplayBuffer(obs_dim, act_dim, 1, self.device)
@@ -370,7 +377,8 @@ class Learner(Role):
         batch_size = self.cfg.sac.batch_size
         for _ in range(num_updates):
             batch = sample_mixed(self.real, self.model, batch_size, real_ratio)
-            self.metrics.add(self.agent.update(*batch))
+            with autocast(self.device, self.precision):
+                self.metrics.add(self.agent.update(*batch))
         self.updates += num_updates
         if num_updates:
             self.version += 1
