@@ -75,8 +75,11 @@ def live_cost(env_id: str, device: str, repeats: int = 5) -> dict:
     fits = b.epoch_length // b.model_train_freq
     batches = b.epoch_length // (b.rollout_freq or b.model_train_freq)
 
-    def per_step():
-        log.add(one, *agent.policy.gaussian(one))
+    with torch.no_grad():
+        gaussian = agent.policy.gaussian(one)
+
+    def per_step():  # the action's forward pass gives the Gaussian (act_and_gaussian): only the log's row is extra
+        log.add(one, *gaussian)
 
     def kl():
         for _ in range(BEHAVIOR_CAPACITY // 10):

@@ -39,3 +39,5 @@ if [ -d .before ]; then
   PYTHONPATH=$PWD/.before:${PYTHONPATH#$PWD:} python3 benchmarks/hot_paths.py --label before --device cuda --threads 4 \
     --out "$OUT/hot_paths_before.json" 2>&1 | tail -25
 fi
+# float32 against bf16 on the GPU: matmul rates, the SAC update and its matmul floor (docs/precision.md)
+python3 benchmarks/precision.py --device cuda --out "$OUT/precision_cuda.json" 2>&1 | tail -3

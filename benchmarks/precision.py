@@ -1,6 +1,6 @@
 """The matmul floor of the SAC update, and float32 against bf16, on this machine (docs/precision.md).
 
-    .venv/bin/python benchmarks/precision.py [--threads 2] [--repeats 7]
+    .venv/bin/python benchmarks/precision.py [--threads 2] [--repeats 7] [--device cuda]
 
 Measures, for float32 and for bfloat16 (bf16 under the autocast that ``precision: bf16`` uses):
 
@@ -8,12 +8,13 @@ Measures, for float32 and for bfloat16 (bf16 under the autocast that ``precision
   one batched matmul (7 members x 256 rows x 200 x 200, the Hopper preset's width);
 * the SAC update (Hopper-v5 sizes: obs 11, action 3, 2x256 policy and twin Q, batch 256), ms;
 * its matmul floor: the update's matmul FLOPs (forward and backward, counted by
-  ``torch.utils.flop_counter``) divided by the 256^3 matmul's rate, i.e. the time the update
-  would take if it were nothing but matmuls at the best rate this machine reaches at that size;
+  ``torch.utils.flop_counter``) divided by the better of the two rates above, i.e. the time the
+  update would take if it were nothing but matmuls at the best rate measured at these sizes;
   ``update_over_floor`` is the measured update time over that floor.
 
-Writes benchmarks/results/precision.json with the CPU model and whether it has bfloat16 matrix
-units (without them bf16 is emulated and slower than float32; see mbpo_ray.precision).
+Writes benchmarks/results/precision.json (``--out``) with the CPU model (the GPU's name with
+``--device cuda``) and whether the device has bfloat16 matrix units (without them bf16 is
+emulated and slower than float32; see mbpo_ray.precision).
 """
 from __future__ import annotations
 
@@ -34,18 +35,25 @@ from mbpo_ray.config import SACConfig  # noqa: E402
 from mbpo_ray.precision import autocast, bf16_units  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
-CPU = torch.device("cpu")
 PRECISIONS = ("float32", "bf16")
+DEVICE = torch.device("cpu")  # --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def best_seconds(fn, repeats: int, inner: int) -> float:
     """Best of ``repeats`` of the mean time of ``inner`` calls (after one warm-up call)."""
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(inner):
             fn()
+        sync()
         times.append((time.perf_counter() - t0) / inner)
     return min(times)
 
@@ -54,9 +62,10 @@ def matmul_rates(repeats: int) -> dict:
     out = {}
     for precision in PRECISIONS:
         dtype = torch.float32 if precision == "float32" else torch.bfloat16
-        a, b = torch.randn(256, 256, dtype=dtype), torch.randn(256, 256, dtype=dtype)
-        x, w, bias = (torch.randn(7, 256, 200, dtype=dtype), torch.randn(7, 200, 200, dtype=dtype),
-                      torch.randn(7, 1, 200, dtype=dtype))
+        a, b = (torch.randn(256, 256, dtype=dtype, device=DEVICE) for _ in range(2))
+        x, w, bias = (torch.randn(7, 256, 200, dtype=dtype, device=DEVICE),
+                      torch.randn(7, 200, 200, dtype=dtype, device=DEVICE),
+                      torch.randn(7, 1, 200, dtype=dtype, device=DEVICE))
         mm = best_seconds(lambda: torch.mm(a, b), repeats, 200)
         layer = best_seconds(lambda: torch.baddbmm(bias, x, w), repeats, 100)
         out[precision] = {"mm_256_gflops": 2 * 256 ** 3 / mm / 1e9,
@@ -67,16 +76,16 @@ def matmul_rates(repeats: int) -> dict:
 def sac_update(repeats: int, rates: dict) -> dict:
     torch.manual_seed(0)
     n, obs_dim, act_dim = 10_000, 11, 3
-    data = (torch.randn(n, obs_dim), torch.rand(n, act_dim) * 2 - 1, torch.randn(n),
-            torch.randn(n, obs_dim), torch.zeros(n))
+    data = tuple(t.to(DEVICE) for t in (torch.randn(n, obs_dim), torch.rand(n, act_dim) * 2 - 1, torch.randn(n),
+                                        torch.randn(n, obs_dim), torch.zeros(n)))
     out = {}
     for precision in PRECISIONS:
         torch.manual_seed(0)
-        agent = SAC(obs_dim, act_dim, SACConfig(), CPU)
+        agent = SAC(obs_dim, act_dim, SACConfig(), DEVICE)
 
         def step():
-            idx = torch.randint(n, (256,))
-            with autocast(CPU, precision):
+            idx = torch.randint(n, (256,), device=DEVICE)
+            with autocast(DEVICE, precision):
                 agent.update(*(t[idx] for t in data))
 
         seconds = best_seconds(step, repeats, 100)
@@ -84,7 +93,7 @@ def sac_update(repeats: int, rates: dict) -> dict:
         with counter:
             step()
         flops = counter.get_total_flops()
-        floor = flops / (rates[precision]["mm_256_gflops"] * 1e9)
+        floor = flops / (max(rates[precision].values()) * 1e9)
         out[precision] = {"update_ms": seconds * 1e3, "matmul_flops": flops, "matmul_floor_ms": floor * 1e3,
                           "update_over_floor": seconds / floor}
     return out
@@ -93,13 +102,17 @@ def sac_update(repeats: int, rates: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "precision.json"))
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     rates = matmul_rates(args.repeats)
     result = {"command": "python benchmarks/precision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "cpu": cpu_model(), "bf16_units": bf16_units(CPU), "torch": torch.__version__,
+              "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
+              "cpu": cpu_model(), "bf16_units": bf16_units(DEVICE), "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(), "matmul": rates, "sac_update": sac_update(args.repeats, rates)}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for precision in PRECISIONS:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from mbpo_ray.algos.records import EpochTimer, epoch_of, epoch_record, eval_seed
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.buffers import model_buffer_capacity
-from mbpo_ray.models.rollout import rollout_length
+from mbpo_ray.models.rollout import rollout_length_at
 from mbpo_ray.runtime.base import Runtime
 
 PHASES = ("env", "model", "rollout", "sac", "eval")
@@ -45,11 +45,7 @@ class MBPOLoop:
         self.timer = EpochTimer(PHASES, self.state.env_steps)
 
     def rollout_length(self) -> int:
-        # The released code counts the k schedule's epochs from the end of the random warm-up
-        # (its initial exploration runs before epoch 0), so Hopper's ramp starts at 5k + 20k steps.
-        b = self.cfg.mbpo
-        training_epoch = max(0, self.state.env_steps - b.init_random_steps) // b.epoch_length
-        return rollout_length(training_epoch, b.rollout_schedule)
+        return rollout_length_at(self.state.env_steps, self.cfg.mbpo)
 
     def model_buffer_capacity(self, k: int) -> int:
         b = self.cfg.mbpo

@@ -59,7 +59,8 @@ class ShiftParams:
     policies: int = 5
     """policies at increasing distance from the data-collecting one"""
     updates_per_policy: int = 500
-    """SAC updates (on the run's D_env, the model untouched) between two of those policies"""
+    """SAC updates (MBPO's mixed batches of D_env and rollouts in the run's frozen model) between two
+    of those policies"""
     eval_steps: int = 1000
     """real transitions of each policy on which the models are scored"""
     fit_epochs: int = 50

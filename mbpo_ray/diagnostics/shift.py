@@ -3,9 +3,12 @@
 
 The run's policy (checkpoint.pt) is the data-collecting policy pi_D. Fresh real transitions of
 pi_D train new ensembles (the run's model config, fits capped at ``fit_epochs``) on increasing
-amounts of data. The policy is then optimised further without retraining any model: the run's
-SAC agent makes ``updates_per_policy`` more updates on the run's own D_env between snapshots,
-giving ``policies`` policies pi_1, pi_2, ... at increasing distance from pi_D. Each policy
+amounts of data. The policy is then optimised further as MBPO optimises it, without retraining
+any model (the paper's protocol): the run's SAC agent makes ``updates_per_policy`` more updates
+between snapshots on batches of ``mbpo.real_ratio`` D_env data and model data, the model data
+being branched rollouts (the run's batch size and k) of the current policy in the run's own,
+frozen, ensemble, one batch of them before each policy's updates. That gives ``policies``
+policies pi_1, pi_2, ... at increasing distance from pi_D. Each policy
 collects ``eval_steps`` real transitions; on them every model is scored (the mean over its
 elites of each member's squared error of the mean prediction of [reward, obs change], as
 model/holdout_mse) against KL(pi_j || pi_D), averaged over those transitions' states (pi_0 =
@@ -21,11 +24,12 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from mbpo_ray.data.buffers import ReplayBuffer
+from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.diagnostics.common import linear_fit, plt, policy_actor, run_episodes, write_outputs
 from mbpo_ray.diagnostics.live import elite_mse, gaussian_kl
 from mbpo_ray.diagnostics.options import DiagnosticsError, ShiftParams
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+from mbpo_ray.models.rollout import branched_rollout, rollout_length_at
 
 
 def collect(cfg, policy, device, steps: int, seed: int, layout) -> torch.Tensor:
@@ -68,16 +72,22 @@ def analyze_shift(run, out, params: ShiftParams) -> Dict[str, Any]:
         fit = EnsembleTrainer(model, model_cfg).fit_rows(train_pool[:n], layout)
         models.append((n, model.eval(), fit))
 
-    # the policy optimised further without retraining any model: SAC on the run's D_env
+    # the policy optimised further as MBPO does, the run's ensemble frozen: branched rollouts of
+    # the current policy in it, then SAC on mixed batches of D_env and those rollouts
     real = ReplayBuffer(*run.dims, max(1, run.real_rows().shape[0]), device)
     real.add_rows(run.real_rows())
     if len(real) < cfg.sac.batch_size:
         raise DiagnosticsError(f"analyze shift: D_env holds {len(real)} transitions, fewer than one SAC batch "
                                f"({cfg.sac.batch_size})")
+    frozen = run.networks()
+    k = rollout_length_at(run.state["env_steps"], cfg.mbpo)
+    model_data = ReplayBuffer(*run.dims, max(1, cfg.mbpo.rollout_batch_size * k), device)
     points = [{"policy": 0, "updates": 0, "kl": 0.0, "data": fresh}]
     for j in range(1, params.policies + 1):
+        branched_rollout(frozen.model, agent.policy, real.sample(cfg.mbpo.rollout_batch_size)[0], k,
+                         frozen.termination, model_data)
         for _ in range(params.updates_per_policy):
-            agent.update(*real.sample(cfg.sac.batch_size))
+            agent.update(*sample_mixed(real, model_data, cfg.sac.batch_size, cfg.mbpo.real_ratio))
         policy = copy.deepcopy(agent.policy).eval()
         rows = collect(cfg, policy, device, params.eval_steps, params.seed + j, layout)
         points.append({"policy": j, "updates": j * params.updates_per_policy,

@@ -32,6 +32,14 @@ def rollout_length(epoch: int, schedule) -> int:
     return int(min(max(k, min_k), max_k))
 
 
+def rollout_length_at(env_steps: int, mbpo_cfg) -> int:
+    """k after ``env_steps`` env steps of a run with this ``mbpo`` config. The released code counts
+    the k schedule's epochs from the end of the random warm-up (its initial exploration runs
+    before epoch 0), so Hopper's ramp starts at 5k + 20k steps."""
+    training_epoch = max(0, env_steps - mbpo_cfg.init_random_steps) // mbpo_cfg.epoch_length
+    return rollout_length(training_epoch, mbpo_cfg.rollout_schedule)
+
+
 @torch.no_grad()
 def branched_rollout(model: ProbabilisticEnsemble, policy: Policy, start_obs: torch.Tensor, k: int,
                      termination: TerminationFn, buffer: ReplayBuffer) -> Dict[str, float]:
