@@ -3,6 +3,7 @@ run directory stores."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from typing import Any, Dict, List, Optional, Tuple
@@ -13,6 +14,13 @@ from mbpo_ray.config.presets import ALGO_PRESETS, check_env_id, env_preset
 from mbpo_ray.config.schema import ALGOS, TrainConfig
 from mbpo_ray.config.validate import require, validate
 from mbpo_ray.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> Dict[str, Any]:
+    """The resolved field types of a config dataclass (resolving them costs milliseconds, and a
+    config load sets every field)."""
+    return typing.get_type_hints(cls)
 
 
 def _fields(obj) -> Dict[str, dataclasses.Field]:
@@ -40,7 +48,7 @@ def _resolve(cfg: TrainConfig, dotted: str):
             raise ConfigError(
                 f"unknown config field {dotted!r}; allowed fields: {', '.join(field_names(cfg))}"
             )
-        hint = typing.get_type_hints(type(owner))[part]
+        hint = _type_hints(type(owner))[part]
         value = getattr(owner, part)
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(value):
