@@ -108,6 +108,6 @@ def test_a_bf16_run_trains_and_saves_float32_weights(tiny_config, tmp_path):
         values = [r[key] for r in records if key in r]
         assert values and all(v == v and abs(v) != float("inf") for v in values), key
     state = RunDirectory(tmp_path).load_checkpoint()
-    tensors = [v for v in state["runtime"]["agent"]["module"].values() if v.is_floating_point()]
+    tensors = [v for v in state["algorithm"]["runtime"]["agent"]["module"].values() if v.is_floating_point()]
     assert tensors and all(t.dtype == torch.float32 for t in tensors)
     assert RunDirectory(tmp_path).load_config().precision == "bf16"
