@@ -59,7 +59,7 @@ class StackedMLP(nn.Module):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = self.activation(x)
-        return x.float()  # float32 out under bf16 autocast too (mbpo_ray.precision); a no-op otherwise
+        return full_precision(x)
 
     def forward_member(self, x: torch.Tensor, member: int) -> torch.Tensor:
         """x: [B, in] through one member only -> [B, out]."""
@@ -68,10 +68,16 @@ class StackedMLP(nn.Module):
             x = torch.addmm(b[member], x, w[member])
             if i < last:
                 x = self.activation(x)
-        return x.float()
+        return full_precision(x)
 
     def member_parameters(self) -> List[torch.Tensor]:
         return [*self.weights, *self.biases]
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """A network's output back in float32 when autocast computed it in a half type (bf16 autocast,
+    mbpo_ray.precision); float32 and float64 outputs are returned as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def make_adam(params, lr: float) -> torch.optim.Adam:

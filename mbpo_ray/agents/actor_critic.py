@@ -22,7 +22,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from mbpo_ray.config import SACConfig
-from mbpo_ray.nn import StackedMLP, make_adam
+from mbpo_ray.nn import StackedMLP, full_precision, make_adam
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -44,7 +44,7 @@ class TanhGaussianPolicy(nn.Module):
     def gaussian(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The pre-tanh Gaussian (mean, log std) at obs [B, obs_dim] that actions are drawn from
         (float32, also under bf16 autocast: mbpo_ray.precision)."""
-        mean, log_std = self.net(obs).float().chunk(2, dim=-1)
+        mean, log_std = full_precision(self.net(obs)).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def forward(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from mbpo_ray.config import ModelConfig
-from mbpo_ray.nn import make_adam
+from mbpo_ray.nn import full_precision, make_adam
 
 
 # An epoch of the classifier: one pass over the training split in minibatches drawn with
@@ -64,7 +64,7 @@ class TerminationClassifier(nn.Module):
 
     def forward(self, next_obs: torch.Tensor) -> torch.Tensor:
         """next_obs [B, obs_dim] -> logits [B]."""
-        return self.net((next_obs - self.mu) / self.sigma).float().squeeze(-1)  # float32 under bf16 autocast
+        return full_precision(self.net((next_obs - self.mu) / self.sigma)).squeeze(-1)
 
 
 def class_weights(y: torch.Tensor) -> torch.Tensor:
