@@ -14,6 +14,12 @@ one torch thread (`--jobs` at a time):
 - Hopper-v5 with its paper preset: MBPO with the known termination rule beside MBPO with
   `mbpo.termination=learned` (same seeds and budget): the cost of learning the rule.
 
+Budgets (PANELS): Pendulum-v1 4,000 env steps (1,000 random + 3,000 learning: SAC reaches
+about -200 there, so the panel shows which gets there first), Reacher-v5 3,000 (500 random +
+2,500 learning), Hopper-v5 6,500 (its 5,000 random + 1,500 learning: the termination classifier
+matters most while D_env is small). They fit a 2-core machine's session (an MBPO step costs
+0.3-0.5 s there with one thread); give `--steps` for longer runs.
+
 Runs land in benchmarks/results/any_env/runs/ENV/VARIANT/seedS/ (config, metrics, curve; the
 checkpoint is not committed); a run with a checkpoint is resumed (or skipped when finished), so
 the script can be stopped and started again. The summary is benchmarks/results/any_env/
@@ -44,9 +50,9 @@ FINAL_WINDOW = 3  # evaluations averaged for the "final" return
 
 # panel -> env-step budget and variants (variant name -> extra command-line arguments)
 PANELS: Dict[str, Dict] = {
-    "Pendulum-v1": {"steps": 10_000, "variants": {"mbpo": ["--algo", "mbpo"], "sac": ["--algo", "sac"]}},
-    "Reacher-v5": {"steps": 10_000, "variants": {"mbpo": ["--algo", "mbpo"], "sac": ["--algo", "sac"]}},
-    "Hopper-v5": {"steps": 30_000, "variants": {
+    "Pendulum-v1": {"steps": 4_000, "variants": {"mbpo": ["--algo", "mbpo"], "sac": ["--algo", "sac"]}},
+    "Reacher-v5": {"steps": 3_000, "variants": {"mbpo": ["--algo", "mbpo"], "sac": ["--algo", "sac"]}},
+    "Hopper-v5": {"steps": 6_500, "variants": {
         "mbpo-known": ["--algo", "mbpo", "--set", "mbpo.termination=known"],
         "mbpo-learned": ["--algo", "mbpo", "--set", "mbpo.termination=learned"]}},
 }
