@@ -63,7 +63,7 @@ class TanhGaussianPolicy(nn.Module):
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         if deterministic:
             return torch.tanh(self.gaussian(obs)[0])
-        return self(obs)[0]
+        return self.act_and_gaussian(obs)[0]  # forward's draw, without its log-probability
 
     @torch.no_grad()
     def act_and_gaussian(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
