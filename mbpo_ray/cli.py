@@ -18,6 +18,7 @@ from mbpo_ray.analysis.options import add_report_arguments
 from mbpo_ray.diagnostics.options import add_analyze_arguments
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.seeds import GroupDirectory, check_group_config, parse_seeds
 from mbpo_ray.tune.command import add_sweep_arguments
 from mbpo_ray.wandb_log import add_wandb_arguments
 
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "else start Ray in-process)")
     train.add_argument("--steps", type=int, help="total env steps (default: the env preset's budget)")
     train.add_argument("--seed", type=int, help="random seed, 0 <= seed < 2**32 (default 0)")
+    train.add_argument("--seeds", metavar="SEEDS", help="train several seeds in one process, their agent updates "
+                       "stacked (e.g. 0-7 or 0,2,5): one run directory each, --out/seed<N> "
+                       "(docs/seed_groups.md); mbpo and sac on the local runtime")
     train.add_argument("--out", help="run directory to create (must be empty or absent)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -135,35 +139,79 @@ def _start(cfg, out_dir: str, args=None, **kwargs) -> int:
     return 0 if train(cfg, out_dir, hooks=hooks, **kwargs).completed else 130
 
 
+def _start_group(cfg, seeds, out_dir: str, args, **kwargs) -> int:
+    from mbpo_ray.seed_group import train_group  # torch and gymnasium: only once the config is known good
+    from mbpo_ray.wandb_log import wandb_overrides
+
+    if args.wandb or wandb_overrides(args):
+        raise ConfigError("--wandb follows one run, not a seed group: with --seeds each seed writes its own "
+                          "metrics.jsonl (mbpo-ray report reads them); run seeds with --seed to follow them on W&B")
+    return 0 if train_group(cfg, seeds, out_dir, progress=not args.no_progress, **kwargs).completed else 130
+
+
+def _resume_overrides(args) -> Dict[str, Any]:
+    overrides = _flag_overrides(args, dict(parse_override(o) for o in args.overrides))
+    unsafe = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
+    if unsafe:
+        raise ConfigError(f"--resume may only change {', '.join(RESUMABLE_FIELDS)}; "
+                          f"not {', '.join(unsafe)}")
+    return overrides
+
+
+def _nothing_to_do(args, done: int, total: int) -> int:
+    asked = f"--steps {args.steps}" if args.steps is not None else f"total_steps {total}"
+    print(f"mbpo-ray: the run in {args.resume} is already at {done} env steps "
+          f"({'past' if done > total else 'at'} {asked}); nothing to do", file=sys.stderr)
+    return 0
+
+
+def _resume_group(args, group: GroupDirectory) -> int:
+    overrides = _resume_overrides(args)
+    configs = group.load_configs()
+    for cfg in configs.values():
+        apply_overrides(cfg, overrides)
+        validate(cfg)
+    seeds = list(configs)
+    done = {seed: group.lane(seed).load_checkpoint()["env_steps"] for seed in seeds}  # clear errors first
+    cfg = configs[seeds[0]]
+    if min(done.values()) >= cfg.total_steps:
+        return _nothing_to_do(args, min(done.values()), cfg.total_steps)
+    return _start_group(cfg, seeds, args.resume, args, resume=True, configs=configs)
+
+
 def _train(args) -> int:
     if args.resume:
-        if args.env or args.out or args.config or args.env_kwargs is not None:
+        if args.env or args.out or args.config or args.env_kwargs is not None or args.seeds:
             raise ConfigError("--resume DIR continues the run in DIR with its own config: "
-                              "leave out --env, --out, --config and --env-kwargs")
-        overrides = _flag_overrides(args, dict(parse_override(o) for o in args.overrides))
+                              "leave out --env, --out, --config, --env-kwargs and --seeds")
+        group = GroupDirectory(args.resume)
+        if group.is_group():
+            return _resume_group(args, group)
+        overrides = _resume_overrides(args)
         run = RunDirectory(args.resume)
         cfg = run.load_config()
-        unsafe = sorted(k for k in overrides if k not in RESUMABLE_FIELDS)
-        if unsafe:
-            raise ConfigError(f"--resume may only change {', '.join(RESUMABLE_FIELDS)}; "
-                              f"not {', '.join(unsafe)}")
         apply_overrides(cfg, overrides)
         validate(cfg)
         checkpoint = run.load_checkpoint()  # a clear error before anything starts
         done = checkpoint["env_steps"]
         if done >= cfg.total_steps:
-            asked = f"--steps {args.steps}" if args.steps is not None else f"total_steps {cfg.total_steps}"
-            print(f"mbpo-ray: the run in {args.resume} is already at {done} env steps "
-                  f"({'past' if done > cfg.total_steps else 'at'} {asked}); nothing to do", file=sys.stderr)
-            return 0
+            return _nothing_to_do(args, done, cfg.total_steps)
         return _start(cfg, args.resume, args, resume=True, progress=not args.no_progress, checkpoint=checkpoint)
     env_id, overrides, presets = requested_config(args)
     if not env_id:
         raise ConfigError(f"--env is required (or env_id in --config): {ENV_ID_HELP}")
     if not args.out:
         raise ConfigError("--out DIR is required (the run directory to create)")
+    seeds = None
+    if args.seeds is not None:
+        if args.seed is not None or any(o.split("=", 1)[0].strip() == "seed" for o in args.overrides):
+            raise ConfigError("--seeds and --seed (or --set seed=...): give one of them")
+        seeds = parse_seeds(args.seeds)
     cfg = make_config(env_id, overrides, presets)
     RunDirectory(args.out).check_new()
+    if seeds is not None:
+        check_group_config(cfg)
+        return _start_group(cfg, seeds, args.out, args)
     return _start(cfg, args.out, args, progress=not args.no_progress)
 
 

@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterator, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 import torch
@@ -106,6 +106,16 @@ def save_checkpoint(run: RunDirectory, algo: Algorithm, keep_copy: bool = False)
         from mbpo_ray.diagnostics.load import networks_of_state
 
         run.save_snapshot(algo.env_steps, networks_of_state(state["algorithm"]))
+
+
+def checkpoint_due(cfg: TrainConfig, epochs_done: int, record: Dict[str, Any]) -> Tuple[bool, bool]:
+    """(write checkpoint.pt, also keep a copy of the networks) after the epoch of ``record``,
+    the ``epochs_done``-th of this session: every ``checkpoint_every_epochs`` epochs and at the
+    end; a copy every ``keep_checkpoints_every`` epochs and at the end."""
+    done = record["env_steps"] >= cfg.total_steps
+    keep = cfg.keep_checkpoints_every
+    return (epochs_done % cfg.checkpoint_every_epochs == 0 or done,
+            keep > 0 and ((record["epoch"] + 1) % keep == 0 or done))
 
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, progress: bool = True,
@@ -206,9 +216,7 @@ def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: 
                 record["perf/wall_seconds"] = time.perf_counter() - start_wall
                 run.append_metrics(record)
                 epochs_done += 1
-                saved = epochs_done % cfg.checkpoint_every_epochs == 0 or algo.env_steps >= cfg.total_steps
-                keep = cfg.keep_checkpoints_every
-                keep_copy = keep > 0 and ((record["epoch"] + 1) % keep == 0 or algo.env_steps >= cfg.total_steps)
+                saved, keep_copy = checkpoint_due(cfg, epochs_done, record)
                 if saved:
                     save_checkpoint(run, algo, keep_copy)
                 if bar is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -47,11 +47,13 @@ class TanhGaussianPolicy(nn.Module):
         mean, log_std = full_precision(self.net(obs)).chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def forward(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sample a reparameterised action in [-1, 1] and its log-probability."""
+    def forward(self, obs: torch.Tensor, noise: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sample a reparameterised action in [-1, 1] and its log-probability; ``noise`` is the
+        standard-normal draw [B, act_dim] to use (drawn here when None)."""
         mean, log_std = self.gaussian(obs)
         std = log_std.exp()
-        noise = torch.randn_like(mean)
+        noise = torch.randn_like(mean) if noise is None else noise
         pre_tanh = mean + std * noise
         action = torch.tanh(pre_tanh)
         # log N(u; mean, std) - log(1 - tanh(u)^2), the latter in its stable softplus form.
@@ -82,8 +84,9 @@ class ActorCritic(nn.Module):
     ``_setup_training(device)``, which moves everything to the device and builds the optimizer
     over ``_optimizer_params()``.
 
-    A subclass defines ``metric_names`` and ``_losses(obs, act, rew, next_obs, done) -> (total
-    loss, metrics tensor)``, built from the parameters as they are before the step.
+    A subclass defines ``metric_names`` and ``_losses(obs, act, rew, next_obs, done, noise) ->
+    (total loss, metrics tensor)``, built from the parameters as they are before the step;
+    ``noise`` is what its ``draw_noise`` drew for the batch (None: it draws inline).
     """
 
     metric_names: Tuple[str, ...] = ()
@@ -126,25 +129,34 @@ class ActorCritic(nn.Module):
         statistics of the real data updates them here. Nothing to do for plain SAC."""
 
     # --- the update ---
-    def _actor_losses(self, obs: torch.Tensor, alpha: torch.Tensor
+    def draw_noise(self, batch_size: int) -> Optional[torch.Tensor]:
+        """The random draws of one update on a batch of ``batch_size``, made before the update so
+        that the update itself is a deterministic function of (parameters, batch, noise): what
+        lets seeds share one stacked update (mbpo_ray.agents.stacked) with their own random
+        streams. None: the subclass draws inline (it cannot be stacked)."""
+        return None
+
+    def _actor_losses(self, obs: torch.Tensor, alpha: torch.Tensor, noise: Optional[torch.Tensor] = None
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SAC's policy and temperature losses at the batch's states: (policy_loss, alpha_loss,
-        log pi(a|s)) for one draw a ~ pi(s). Q is evaluated with detached parameters, so the
-        policy loss differentiates only into the actions; alpha is the detached temperature."""
-        new_act, logp = self.policy(obs)
+        log pi(a|s)) for one draw a ~ pi(s) (with ``noise``, drawn inline when None). Q is
+        evaluated with detached parameters, so the policy loss differentiates only into the
+        actions; alpha is the detached temperature."""
+        new_act, logp = self.policy(obs, noise)
         q_pi = self.q(torch.cat([obs, new_act], -1), detach_params=True).squeeze(-1)
         q_pi = q_pi.min(0).values if self.policy_q_reduction == "min" else q_pi.mean(0)
         policy_loss = (alpha * logp - q_pi).mean()
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
         return policy_loss, alpha_loss, logp
 
-    def _losses(self, obs, act, rew, next_obs, done) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _losses(self, obs, act, rew, next_obs, done, noise) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def update(self, obs, act, rew, next_obs, done) -> torch.Tensor:
         """One gradient step on every loss (one backward, one Adam step) and the target-critic
         update; returns the metrics as one tensor (order: ``metric_names``)."""
-        total, metrics = self._losses(obs, act, rew, next_obs, done)
+        noise = self.draw_noise(obs.shape[0])
+        total, metrics = self._losses(obs, act, rew, next_obs, done, noise)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()

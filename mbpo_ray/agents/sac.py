@@ -27,18 +27,24 @@ class SAC(ActorCritic):
         self.cfg = cfg
         self._setup_training(device)
 
-    def _losses(self, obs, act, rew, next_obs, done) -> Tuple[torch.Tensor, torch.Tensor]:
+    def draw_noise(self, batch_size: int) -> torch.Tensor:
+        """[2, B, act_dim]: the draw of a' ~ pi(s') for the target, then of a ~ pi(s) for the
+        policy loss (drawn one after the other, as inline draws would be)."""
+        shape = (batch_size, self.act_dim)
+        return torch.stack([torch.randn(shape, device=self.device), torch.randn(shape, device=self.device)])
+
+    def _losses(self, obs, act, rew, next_obs, done, noise) -> Tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
-            next_act, next_logp = self.policy(next_obs)
+            next_act, next_logp = self.policy(next_obs, noise[0])
             next_q = self.q_target(torch.cat([next_obs, next_act], -1)).squeeze(-1).min(0).values
             target = rew + cfg.discount * (1.0 - done) * (next_q - alpha * next_logp)
         q = self.q(torch.cat([obs, act], -1)).squeeze(-1)  # [2, B]
         q_loss = 0.5 * ((q - target) ** 2).mean(dim=1).sum()
         # All three losses are built from the same parameters before any step, as in the
         # softlearning SAC that MBPO's released code runs.
-        policy_loss, alpha_loss, logp = self._actor_losses(obs, alpha)
+        policy_loss, alpha_loss, logp = self._actor_losses(obs, alpha, noise[1])
         total = q_loss + policy_loss + alpha_loss
         metrics = torch.stack([q_loss, policy_loss, alpha_loss, alpha, -logp.mean(), q.mean()]).detach()
         return total, metrics

@@ -255,7 +255,8 @@ class STEVELearner(ActorCritic):
         return {"target": target, "weights": weights, "means": means, "variances": variances}
 
     # --- the update ---
-    def _losses(self, obs, act, rew, next_obs, done) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _losses(self, obs, act, rew, next_obs, done, noise=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        # noise: None (draw_noise's default): STEVE draws inline, its rollouts' draws included
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
             means, variances = candidate_moments(*self._candidate_samples(rew, done, next_obs, alpha))

@@ -55,9 +55,18 @@ class MBPOLoop:
     def step(self) -> Optional[Dict[str, Any]]:
         """One env step with everything the schedule puts before and after it. Returns the
         epoch's metrics record when this step ended an epoch (or the run)."""
-        cfg, b, rt, st, timed = self.cfg, self.cfg.mbpo, self.runtime, self.state, self.timer.timed
-        t = st.env_steps
-        since_warmup = t - b.init_random_steps
+        self.advance()
+        if self.updates_due():
+            b = self.cfg.mbpo
+            self.timer.timed("sac", self.runtime.update_agent, b.updates_per_step, b.real_ratio)
+        return self.finish_step()
+
+    # The three parts of a step, apart so that a seed group (mbpo_ray.seed_group) can run the
+    # agent updates of all its seeds as one stacked update between them.
+    def advance(self) -> None:
+        """The step up to its agent updates: the model fit and rollouts when due, one env step."""
+        b, rt, st, timed = self.cfg.mbpo, self.runtime, self.state, self.timer.timed
+        since_warmup = st.env_steps - b.init_random_steps
         if since_warmup >= 0 and self.uses_model:
             if since_warmup % b.model_train_freq == 0:
                 st.model_metrics = timed("model", rt.fit_model)
@@ -69,9 +78,15 @@ class MBPOLoop:
         if finished is not None:
             st.episode_returns.append(finished)
         st.env_steps += 1
-        if since_warmup >= 0 and rt.real_size() >= b.min_real_before_updates:
-            timed("sac", rt.update_agent, b.updates_per_step, b.real_ratio)
-        if st.env_steps % b.epoch_length == 0 or st.env_steps == cfg.total_steps:
+
+    def updates_due(self) -> bool:
+        """Whether the env step just taken is followed by ``mbpo.updates_per_step`` updates."""
+        b = self.cfg.mbpo
+        return self.state.env_steps > b.init_random_steps and self.runtime.real_size() >= b.min_real_before_updates
+
+    def finish_step(self) -> Optional[Dict[str, Any]]:
+        """After the updates: the epoch's record when the step ended an epoch (or the run)."""
+        if self.state.env_steps % self.cfg.mbpo.epoch_length == 0 or self.state.env_steps == self.cfg.total_steps:
             return self.end_epoch()
         return None
 

@@ -1,0 +1,244 @@
+"""Many seeds in one process: `mbpo-ray train --seeds 0-7 ...` (issue 13; docs/seed_groups.md).
+
+A seed group trains N independent runs of one config that differ only in their seed. Each seed
+keeps everything a single run has (its envs, D_env, D_model, ensemble, agent, random streams)
+and its own run directory, ``OUT/seed<N>/``, in a single run's layout: config.yaml,
+metrics.jsonl, checkpoint.pt (a single run's checkpoint: any seed can also be resumed alone),
+curve.png. ``OUT/group.yaml`` names the seeds. The seeds advance in lockstep, one env step each
+in turn; their agent updates, the hot path (G per env step), run as one stacked update
+(``mbpo_ray.agents.stacked``): one batched matmul per layer for all seeds.
+
+Random streams: each seed's global RNG state (Python, NumPy, torch, CUDA) is swapped in while
+that seed works and out after, so a seed draws exactly the numbers it draws alone; only the
+stacked update's arithmetic differs from a single run's (float32 rounding, docs/seed_groups.md).
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from mbpo_ray.agents.stacked import StackedUpdate
+from mbpo_ray.algos import make_algorithm
+from mbpo_ray.config import TrainConfig, validate
+from mbpo_ray.devices import resolve_device
+from mbpo_ray.envs import prepare_config
+from mbpo_ray.errors import RunDirError
+from mbpo_ray.precision import autocast
+from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.seeds import GroupDirectory, check_group_config, format_seeds
+from mbpo_ray.train import (Progress, checkpoint_due, rng_state, save_checkpoint, seed_everything,
+                            set_rng_state, stop_on_signals)
+
+class LaneRandom:
+    """One seed's global random state, swapped in while the seed works."""
+
+    def __init__(self, state: Dict[str, Any], cuda: bool):
+        self.state, self.cuda = state, cuda
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Python, NumPy, torch and CUDA streams (env steps, fits, rollouts, evaluation)."""
+        set_rng_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = rng_state()
+
+    @contextmanager
+    def torch_active(self) -> Iterator[None]:
+        """Only torch's streams: the draws of one agent update (batch indices, policy noise)."""
+        torch.set_rng_state(self.state["torch"])
+        if self.cuda:
+            torch.cuda.set_rng_state_all(self.state["cuda"])
+        try:
+            yield
+        finally:
+            self.state["torch"] = torch.get_rng_state()
+            if self.cuda:
+                self.state["cuda"] = torch.cuda.get_rng_state_all()
+
+
+@dataclass
+class Lane:
+    seed: int
+    cfg: TrainConfig
+    algo: Any  # mbpo_ray.algos.mbpo.MBPO on a LocalRuntime
+    run: RunDirectory
+    random: LaneRandom
+
+    @property
+    def loop(self):
+        return self.algo.loop
+
+    @property
+    def runtime(self):
+        return self.algo.runtime
+
+
+class SeedGroup:
+    """The lanes of a group, stepped in lockstep, with one stacked agent update."""
+
+    def __init__(self, lanes: List[Lane]):
+        self.lanes = lanes
+        self.cfg = lanes[0].cfg
+        runtime = lanes[0].runtime
+        self.device, self.precision = runtime.device, runtime.precision
+        self.stacked = StackedUpdate([lane.runtime.agent for lane in lanes])
+
+    @property
+    def env_steps(self) -> int:
+        return self.lanes[0].algo.env_steps
+
+    def step(self) -> List[Optional[Dict[str, Any]]]:
+        """One env step of every seed; each seed's epoch record (None where none ended)."""
+        for lane in self.lanes:
+            with lane.random.active():
+                lane.loop.advance()
+        due = {lane.loop.updates_due() for lane in self.lanes}
+        if due == {True}:
+            started = time.perf_counter()
+            self.update_agents()
+            share = (time.perf_counter() - started) / len(self.lanes)
+            for lane in self.lanes:  # each seed's perf/sac_seconds: its share of the stacked update
+                lane.loop.timer.seconds["sac"] += share
+        elif due != {False}:
+            raise RuntimeError("the seeds of a group left lockstep (some update, others do not)")
+        records = []
+        for lane in self.lanes:
+            with lane.random.active():
+                records.append(lane.loop.finish_step())
+        return records
+
+    def update_agents(self) -> None:
+        """``mbpo.updates_per_step`` updates of every seed, stacked; each seed draws its batch
+        and noise from its own stream, as ``LocalRuntime.update_agent`` does alone."""
+        b, batch_size = self.cfg.mbpo, self.cfg.sac.batch_size
+        for _ in range(b.updates_per_step):
+            batches, noises = [], []
+            for lane in self.lanes:
+                with lane.random.torch_active():
+                    batches.append(tuple(lane.runtime.sample_batch(batch_size, b.real_ratio)))
+                    noises.append(lane.runtime.agent.draw_noise(batch_size))
+            with autocast(self.device, self.precision):
+                metrics = self.stacked.update(batches, noises)
+            for lane, row in zip(self.lanes, metrics):
+                lane.runtime.metrics.add(row)
+        self.stacked.write_back()
+
+    def save_checkpoints(self, keep_copy: bool = False) -> None:
+        self.stacked.save_to_agents()
+        for lane in self.lanes:
+            with lane.random.active():
+                save_checkpoint(lane.run, lane.algo, keep_copy)
+
+@dataclass
+class GroupResult:
+    path: Path
+    seeds: List[int]
+    env_steps: int
+    completed: bool
+    last_evals: Dict[int, Optional[float]]
+
+
+def train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool = False, progress: bool = True,
+                stop_at: Optional[int] = None, configs: Optional[Dict[int, TrainConfig]] = None) -> GroupResult:
+    """Train ``cfg`` with each of ``seeds`` in one process (a new group in ``out_dir``, or
+    ``resume`` the one there, whose seeds' configs ``configs`` gives). ``stop_at`` stops after
+    that many env steps with checkpoints, as Ctrl-C does."""
+    validate(cfg)
+    check_group_config(cfg)
+    device = resolve_device(cfg.device)
+    group_dir = GroupDirectory(out_dir)
+    checkpoints: Dict[int, Dict[str, Any]] = {}
+    if resume:
+        for seed in seeds:  # all read (and checked) before anything changes
+            checkpoints[seed] = group_dir.lane(seed).load_checkpoint()
+        steps = {seed: c["env_steps"] for seed, c in checkpoints.items()}
+        if len(set(steps.values())) != 1:
+            raise RunDirError(f"--resume {out_dir}: the seeds' checkpoints are at different env steps "
+                              f"({', '.join(f'seed{s} {n}' for s, n in steps.items())}); resume them one by "
+                              f"one with --resume {out_dir}/seed<N>")
+    else:
+        group_dir.check_new()
+    cfg, _ = prepare_config(cfg)
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+
+    lanes: List[Lane] = []
+    try:
+        for seed in seeds:
+            lane_cfg = copy.deepcopy(configs[seed] if configs else cfg)
+            lane_cfg.seed = seed
+            if configs:
+                lane_cfg, _ = prepare_config(lane_cfg)
+            seed_everything(seed)  # as a single run: its networks start from the same weights
+            run = group_dir.lane(seed)
+            algo = make_algorithm(lane_cfg, device, run.path)
+            lanes.append(Lane(seed, lane_cfg, algo, run, LaneRandom(rng_state(), device.type == "cuda")))
+        if resume:
+            for lane in lanes:
+                lane.algo.load_state_dict(checkpoints[lane.seed]["algorithm"])
+                lane.random.state = checkpoints[lane.seed]["rng"]
+                lane.run.truncate_metrics(lane.algo.env_steps)
+                lane.run.save_config(lane.cfg)
+        group = SeedGroup(lanes)
+        if not resume:
+            group_dir.create(seeds)
+            for lane in lanes:
+                lane.run.create(lane.cfg)
+        return _group_loop(group, group_dir, progress, stop_at)
+    finally:
+        for lane in lanes:
+            lane.algo.close()
+
+
+def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, stop_at: Optional[int]) -> GroupResult:
+    cfg, lanes = group.cfg, group.lanes
+    seeds = [lane.seed for lane in lanes]
+    label = f"{lanes[0].algo.title} {cfg.env_id} seeds {format_seeds(seeds)}"
+    bar = Progress(label, cfg.total_steps, group.env_steps, sys.stderr) if progress else None
+    start_wall, start_steps = time.perf_counter(), group.env_steps
+    epochs_done, stopped_early = 0, False
+    with stop_on_signals() as stop:
+        while group.env_steps < cfg.total_steps:
+            records = group.step()
+            if bar is not None:
+                bar.update(1)
+            if records[0] is not None:
+                wall = time.perf_counter() - start_wall
+                for lane, record in zip(lanes, records):
+                    record["perf/wall_seconds"] = wall
+                    lane.run.append_metrics(record)
+                epochs_done += 1
+                saved, keep_copy = checkpoint_due(cfg, epochs_done, records[0])
+                if saved:
+                    group.save_checkpoints(keep_copy)
+                if bar is not None:
+                    mean = float(np.mean([r["eval/return_mean"] for r in records]))
+                    bar.epoch(group.env_steps, {**records[0], "eval/return_mean": mean})
+            if stop.requested or (stop_at is not None and group.env_steps >= stop_at):
+                if group.env_steps < cfg.total_steps:
+                    group.save_checkpoints()
+                    stopped_early = True
+                break
+    if bar is not None:
+        bar.close()
+    for lane in lanes:
+        lane.run.plot_curve(title=f"{lane.algo.title} {cfg.env_id}, seed {lane.seed}")
+    steps_per_s = (group.env_steps - start_steps) / max(time.perf_counter() - start_wall, 1e-9)
+    last = {lane.seed: lane.algo.last_eval for lane in lanes}
+    if progress:
+        state = "stopped" if stopped_early else "finished"
+        print(f"{state} at {group.env_steps} env steps per seed ({steps_per_s:.1f} steps/s per seed, "
+              f"{steps_per_s * len(lanes):.1f} in all); last eval returns "
+              + ", ".join(f"seed {s}: {v}" for s, v in last.items()) + f"; run directories {group_dir.path}/seed<N>",
+              file=sys.stderr)
+    return GroupResult(group_dir.path, seeds, group.env_steps, not stopped_early, last)
