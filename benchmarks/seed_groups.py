@@ -1,0 +1,133 @@
+"""Throughput of seed groups (`mbpo-ray train --seeds`, docs/seed_groups.md): 1, 4 and 8 seeds
+per process with the Hopper-v5 preset, on the CPU or a GPU (``--device``).
+
+Two figures per group size:
+  * the stacked SAC update: ms per update of all seeds, and per seed (1 seed: SAC.update alone);
+  * the whole loop: wall-clock per env step of the group after a shortened random warm-up
+    (``--warmup`` steps, the preset's 5,000 cut), over ``--steps`` learning steps (one model fit
+    and one rollout batch per 250 steps, as the preset has them), from the runs' own
+    perf/wall_seconds; 1 seed is a plain `mbpo-ray train` run.
+
+    .venv/bin/python benchmarks/seed_groups.py --out benchmarks/results/seed_groups_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mbpo_ray.agents.sac import SAC
+from mbpo_ray.agents.stacked import StackedUpdate
+from mbpo_ray.config import SACConfig, make_config
+from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.seed_group import train_group
+from mbpo_ray.train import train
+from machine import cpu_model  # benchmarks/machine.py
+
+OBS_DIM, ACT_DIM, BATCH = 11, 3, 256  # Hopper-v5's sizes, the preset's batch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def update_ms(num_seeds: int, device: torch.device, updates: int) -> float:
+    """ms per update of all ``num_seeds`` seeds (the best of 3 rounds)."""
+    agents = []
+    for seed in range(num_seeds):
+        torch.manual_seed(seed)
+        agents.append(SAC(OBS_DIM, ACT_DIM, SACConfig(batch_size=BATCH), device))
+    stacked = StackedUpdate(agents) if num_seeds > 1 else None
+    batches = [(torch.randn(BATCH, OBS_DIM, device=device), torch.rand(BATCH, ACT_DIM, device=device) * 2 - 1,
+                torch.randn(BATCH, device=device), torch.randn(BATCH, OBS_DIM, device=device),
+                torch.zeros(BATCH, device=device)) for _ in range(num_seeds)]
+
+    def one():
+        if stacked is None:
+            agents[0].update(*batches[0])
+        else:
+            stacked.update(batches, [a.draw_noise(BATCH) for a in agents])
+
+    for _ in range(10):
+        one()
+    best = float("inf")
+    for _ in range(3):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(updates):
+            one()
+        sync(device)
+        best = min(best, (time.perf_counter() - t0) / updates)
+    return best * 1e3
+
+
+def loop_ms_per_step(num_seeds: int, device: str, warmup: int, steps: int, root: Path) -> dict:
+    cfg = make_config("Hopper-v5", {"total_steps": warmup + steps, "device": device, "eval_episodes": 1,
+                                    "mbpo.init_random_steps": warmup, "mbpo.epoch_length": warmup})
+    out = root / f"seeds{num_seeds}"
+    if num_seeds == 1:
+        train(cfg, str(out), progress=False)
+        runs = [RunDirectory(out)]
+    else:
+        train_group(cfg, list(range(num_seeds)), str(out), progress=False)
+        runs = [RunDirectory(out / f"seed{s}") for s in range(num_seeds)]
+    records = runs[0].read_metrics()
+    # records at the warm-up's end and at the end: the learning steps' wall-clock between them
+    wall = records[-1]["perf/wall_seconds"] - records[0]["perf/wall_seconds"]
+    learned = records[-1]["env_steps"] - records[0]["env_steps"]
+    last = records[-1]
+    return {"seeds": num_seeds, "learning_steps": learned, "wall_seconds": wall,
+            "ms_per_env_step_group": 1e3 * wall / learned,
+            "ms_per_env_step_per_seed": 1e3 * wall / learned / num_seeds,
+            "phase_seconds_seed0": {k[5:-8]: last[k] for k in last if k.startswith("perf/") and k.endswith("_seconds")
+                                    and k not in ("perf/epoch_seconds", "perf/wall_seconds")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--updates", type=int, default=100, help="updates per timing round")
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=250, help="learning steps timed")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/seed_groups_cpu.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    result = {
+        "command": "benchmarks/seed_groups.py " + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if k not in ("out", "skip_loop") and v is not None),
+        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "torch": torch.__version__,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "sac_update": [], "loop": [],
+    }
+    for n in args.seeds:
+        ms = update_ms(n, device, args.updates)
+        result["sac_update"].append({"seeds": n, "ms_per_update": ms, "ms_per_seed": ms / n})
+        print(f"SAC update, {n} seed(s): {ms:.2f} ms ({ms / n:.2f} ms per seed)", flush=True)
+    if not args.skip_loop:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in args.seeds:
+                row = loop_ms_per_step(n, args.device, args.warmup, args.steps, Path(tmp))
+                result["loop"].append(row)
+                print(f"whole loop, {n} seed(s): {row['ms_per_env_step_group']:.0f} ms per env step of the group, "
+                      f"{row['ms_per_env_step_per_seed']:.0f} ms per seed-step", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
