@@ -41,3 +41,6 @@ if [ -d .before ]; then
 fi
 # float32 against bf16 on the GPU: matmul rates, the SAC update and its matmul floor (docs/precision.md)
 python3 benchmarks/precision.py --device cuda --out "$OUT/precision_cuda.json" 2>&1 | tail -3
+# seed groups (docs/seed_groups.md): the stacked SAC update and the whole loop (Hopper preset, warm-up cut
+# to 1,000 random steps, 1,000 learning steps) for 1, 4 and 8 seeds per process
+python3 benchmarks/seed_groups.py --device cuda --threads 4 --warmup 1000 --steps 1000 --out "$OUT/seed_groups_cuda.json" 2>&1 | tail -8

@@ -1,5 +1,5 @@
 """Hot-path timings of one source tree, for before/after comparisons of a change: the SAC
-update, branched rollouts and the whole MBPO loop with the Hopper preset, on the CPU or a GPU (``--device``).
+update, branched rollouts, one epoch of the ensemble's fit and the whole MBPO loop with the Hopper preset, on the CPU or a GPU (``--device``).
 
 It uses only entry points that stay put across refactors (``mbpo_ray.algos.make_algorithm``,
 ``SAC``, ``ReplayBuffer``, the local runtime's ``generate_rollouts``), so the same script
@@ -27,6 +27,7 @@ from mbpo_ray.agents.sac import SAC
 from mbpo_ray.algos import make_algorithm
 from mbpo_ray.config import SACConfig, make_config
 from mbpo_ray.data.buffers import ReplayBuffer
+from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from machine import cpu_model  # benchmarks/machine.py
 
 
@@ -85,6 +86,20 @@ def rollouts_per_s(device: torch.device, repeats: int, start_states: int = 100_0
         return out
 
 
+def fit_epoch_ms(device: torch.device, repeats: int, sizes=(10_000, 50_000)) -> dict:
+    """One epoch of the ensemble's fit (the Hopper preset's model: 7 members of 4 x 200, batch
+    256) on n synthetic Hopper-sized transitions, its holdout check included."""
+    cfg = make_config("Hopper-v5", {"device": str(device), "model.max_fit_epochs": 1}).model
+    out = {}
+    for n in sizes:
+        torch.manual_seed(0)
+        trainer = EnsembleTrainer(ProbabilisticEnsemble(11, 3, cfg).to(device), cfg)
+        inputs, targets = torch.randn(n, 14, device=device), torch.randn(n, 12, device=device)
+        trainer.fit(inputs, targets)  # warm-up
+        out[f"n={n}"] = 1000 * best(lambda: (trainer.fit(inputs, targets), sync(device)), repeats)
+    return out
+
+
 def loop_ms_per_step(device: torch.device, learning_steps: int) -> float:
     """The whole loop, Hopper preset, the first ``learning_steps`` after the 5,000 random steps
     (first model fit capped at 20 epochs, as in bench_components)."""
@@ -119,6 +134,7 @@ def main():
               "device": str(device),
               "sac_update_ms": sac_update_ms(device, args.repeats),
               "rollout_transitions_per_s": rollouts_per_s(device, args.repeats),
+              "fit_epoch_ms": fit_epoch_ms(device, args.repeats),
               "loop_ms_per_env_step": loop_ms_per_step(device, args.loop_steps)}
     print(json.dumps(result, indent=2), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
