@@ -185,3 +185,19 @@ def test_cli_refuses_bad_groups_before_writing(argv, words, tmp_path, capsys):
     assert main(["train", "--env", "InvertedPendulum-v5", "--out", str(out), *argv]) == 2
     assert words in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_trains_a_group_and_resumes_it_with_more_steps(tmp_path, capsys):
+    out = tmp_path / "g"
+    sets = [f"--set={k}={v}" for k, v in tiny_overrides().items() if k not in ("seed", "total_steps")]
+    sets = [s.replace(" ", "") for s in sets]  # [0, 2, 1, 3] -> [0,2,1,3]
+    assert main(["train", "--env", "InvertedPendulum-v5", "--seeds", "3-4", "--steps", "400", "--out", str(out),
+                 "--no-progress", *sets]) == 0
+    group = GroupDirectory(out)
+    assert group.seeds() == [3, 4] and group.lane(4).load_checkpoint()["env_steps"] == 400
+    assert main(["train", "--resume", str(out), "--steps", "600", "--no-progress"]) == 0
+    for seed in (3, 4):
+        assert [r["env_steps"] for r in group.lane(seed).read_metrics()] == [200, 400, 600]
+        assert group.lane(seed).load_config().total_steps == 600
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
