@@ -7,7 +7,7 @@ The learners stay what they are: each seed keeps its own agent (policy for actin
 state for its checkpoint); ``StackedUpdate`` owns the stacked copy that is trained, writes the new
 weights back into the agents after each batch of updates (``write_back``) and their Adam state
 before a checkpoint (``save_to_agents``); ``load_from_agents`` builds the stacked copy from the
-agents (at the start, and after they loaded a checkpoint).
+agents (when it is built: after the agents loaded a checkpoint, on a resume).
 
 A seed's update uses its own batch and its own noise (``ActorCritic.draw_noise``), drawn from its
 own random stream by the caller, so a seed trained in a stack sees the same numbers as alone.
@@ -72,16 +72,9 @@ class StackedUpdate:
 
     def load_from_agents(self) -> None:
         """Stack the agents' parameters and buffers (their Adam state: ``_load_optimizer_state``)."""
-        stacked = {**self._stack(self.train_names), **self._stack(self.fixed_names)}
-        if hasattr(self, "train"):  # keep the tensors the optimizer holds
-            for n, t in stacked.items():
-                (self.train if n in self.train else self.fixed)[n].copy_(t)
-        else:
-            self.train = {n: stacked[n] for n in self.train_names}
-            self.fixed = {n: stacked[n] for n in self.fixed_names}
+        self.train = self._stack(self.train_names)
+        self.fixed = self._stack(self.fixed_names)
         self.buffers = self._stack(self.buffer_names, buffers=True)
-        if hasattr(self, "optimizer"):
-            self._load_optimizer_state()
 
     def _load_optimizer_state(self) -> None:
         states = []
