@@ -172,11 +172,12 @@ def _resume_group(args, group: GroupDirectory) -> int:
         apply_overrides(cfg, overrides)
         validate(cfg)
     seeds = list(configs)
-    done = {seed: group.lane(seed).load_checkpoint()["env_steps"] for seed in seeds}  # clear errors first
+    checkpoints = {seed: group.lane(seed).load_checkpoint() for seed in seeds}  # clear errors first
+    done = min(c["env_steps"] for c in checkpoints.values())
     cfg = configs[seeds[0]]
-    if min(done.values()) >= cfg.total_steps:
-        return _nothing_to_do(args, min(done.values()), cfg.total_steps)
-    return _start_group(cfg, seeds, args.resume, args, resume=True, configs=configs)
+    if done >= cfg.total_steps:
+        return _nothing_to_do(args, done, cfg.total_steps)
+    return _start_group(cfg, seeds, args.resume, args, resume=True, configs=configs, checkpoints=checkpoints)
 
 
 def _train(args) -> int:

@@ -108,7 +108,7 @@ class SeedGroup:
             self.update_agents()
             share = (time.perf_counter() - started) / len(self.lanes)
             for lane in self.lanes:  # each seed's perf/sac_seconds: its share of the stacked update
-                lane.loop.timer.seconds["sac"] += share
+                lane.loop.timer.add("sac", share)
         elif due != {False}:
             raise RuntimeError("the seeds of a group left lockstep (some update, others do not)")
         records = []
@@ -149,18 +149,19 @@ class GroupResult:
 
 
 def train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool = False, progress: bool = True,
-                stop_at: Optional[int] = None, configs: Optional[Dict[int, TrainConfig]] = None) -> GroupResult:
+                stop_at: Optional[int] = None, configs: Optional[Dict[int, TrainConfig]] = None,
+                checkpoints: Optional[Dict[int, Dict[str, Any]]] = None) -> GroupResult:
     """Train ``cfg`` with each of ``seeds`` in one process (a new group in ``out_dir``, or
-    ``resume`` the one there, whose seeds' configs ``configs`` gives). ``stop_at`` stops after
-    that many env steps with checkpoints, as Ctrl-C does."""
+    ``resume`` the one there, whose seeds' configs ``configs`` gives; ``checkpoints`` passes the
+    seeds' checkpoints when the caller has already read them). ``stop_at`` stops after that many
+    env steps with checkpoints, as Ctrl-C does."""
     validate(cfg)
     check_group_config(cfg)
     device = resolve_device(cfg.device)
     group_dir = GroupDirectory(out_dir)
-    checkpoints: Dict[int, Dict[str, Any]] = {}
     if resume:
-        for seed in seeds:  # all read (and checked) before anything changes
-            checkpoints[seed] = group_dir.lane(seed).load_checkpoint()
+        if checkpoints is None:  # all read (and checked) before anything changes
+            checkpoints = {seed: group_dir.lane(seed).load_checkpoint() for seed in seeds}
         steps = {seed: c["env_steps"] for seed, c in checkpoints.items()}
         if len(set(steps.values())) != 1:
             raise RunDirError(f"--resume {out_dir}: the seeds' checkpoints are at different env steps "

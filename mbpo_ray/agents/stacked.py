@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from mbpo_ray.agents.actor_critic import ActorCritic
 from mbpo_ray.nn import make_adam
 
 
@@ -40,7 +41,7 @@ class StackedUpdate:
         if not agents:
             raise ValueError("StackedUpdate needs at least one agent")
         template = agents[0]
-        if template.draw_noise(1) is None:
+        if type(template).draw_noise is ActorCritic.draw_noise:  # the default: drawn inline
             raise ValueError(f"{type(template).__name__} draws its update's noise inline; "
                              f"only learners with draw_noise (SAC) can be stacked")
         if any(type(a) is not type(template) for a in agents):
@@ -48,7 +49,6 @@ class StackedUpdate:
         if len(template.optimizer.param_groups) != 1:
             raise ValueError("StackedUpdate needs agents with one optimizer parameter group")
         self.agents = list(agents)
-        self.num_seeds = len(agents)
         self.tau = template.sac_cfg.tau
         named = dict(template.named_parameters())
         # trained (in the agent optimizer's order), and the target critics (lerped, not trained)
@@ -124,7 +124,7 @@ class StackedUpdate:
 
     def update(self, batches: Sequence[Tuple[torch.Tensor, ...]], noises: Sequence[torch.Tensor]) -> torch.Tensor:
         """One update of every seed: seed i on ``batches[i]`` (obs, act, rew, next_obs, done) with
-        ``noises[i]``. Returns the metrics [num_seeds, len(metric_names)]."""
+        ``noises[i]``. Returns the metrics [seeds, len(metric_names)]."""
         columns = [torch.stack(parts) for parts in zip(*batches)]
         grads, metrics = self._grad(self.train, self.fixed, self.buffers, *columns, torch.stack(list(noises)))
         for n, t in self.train.items():

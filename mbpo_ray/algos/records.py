@@ -47,8 +47,12 @@ class EpochTimer:
     def timed(self, phase: str, fn: Callable, *args):
         t0 = time.perf_counter()
         out = fn(*args)
-        self.seconds[phase] += time.perf_counter() - t0
+        self.add(phase, time.perf_counter() - t0)
         return out
+
+    def add(self, phase: str, seconds: float) -> None:
+        """Count ``seconds`` to ``phase`` (work timed elsewhere, e.g. a seed group's share)."""
+        self.seconds[phase] += seconds
 
     def perf(self, env_steps: int) -> Dict[str, float]:
         """perf/sps, perf/epoch_seconds and perf/<phase>_seconds of the epoch now ending;
