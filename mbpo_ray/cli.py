@@ -141,12 +141,10 @@ def _start(cfg, out_dir: str, args=None, **kwargs) -> int:
 
 def _start_group(cfg, seeds, out_dir: str, args, **kwargs) -> int:
     from mbpo_ray.seed_group import train_group  # torch and gymnasium: only once the config is known good
-    from mbpo_ray.wandb_log import wandb_overrides
+    from mbpo_ray.wandb_log import group_hooks
 
-    if args.wandb or wandb_overrides(args):
-        raise ConfigError("--wandb follows one run, not a seed group: with --seeds each seed writes its own "
-                          "metrics.jsonl (mbpo-ray report reads them); run seeds with --seed to follow them on W&B")
-    return 0 if train_group(cfg, seeds, out_dir, progress=not args.no_progress, **kwargs).completed else 130
+    hooks = group_hooks(args, cfg, seeds, out_dir)
+    return 0 if train_group(cfg, seeds, out_dir, progress=not args.no_progress, hooks=hooks, **kwargs).completed else 130
 
 
 def _resume_overrides(args) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,24 @@ from mbpo_ray.errors import RunDirError
 from mbpo_ray.precision import autocast
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seeds import GroupDirectory, check_group_config, format_seeds
-from mbpo_ray.train import (Progress, checkpoint_due, rng_state, save_checkpoint, seed_everything,
-                            set_rng_state, stop_on_signals)
+from mbpo_ray.train import (Progress, TrainHook, TrainResult, checkpoint_due, rng_state, save_checkpoint,
+                            seed_everything, set_rng_state, stop_on_signals)
+
+
+class GroupHook:
+    """Something that follows a whole group as ``train_group`` drives it (a sweep trial of
+    packed seeds, mbpo_ray.tune.trainable); each seed's own followers are ``TrainHook``s."""
+
+    def start(self, runs: Dict[int, RunDirectory]) -> None:
+        """Every seed's run directory is ready (created, or restored for a resume)."""
+
+    def epoch(self, records: Dict[int, Dict[str, Any]], checkpointed: bool) -> None:
+        """Every seed ended an epoch (``records`` by seed, appended to their metrics.jsonl);
+        ``checkpointed``: every seed's checkpoint.pt was written right after."""
+
+    def close(self) -> None:
+        """Always called last, also when the group ends with an exception."""
+
 
 class LaneRandom:
     """One seed's global random state, swapped in while the seed works."""
@@ -73,6 +89,7 @@ class Lane:
     algo: Any  # mbpo_ray.algos.mbpo.MBPO on a LocalRuntime
     run: RunDirectory
     random: LaneRandom
+    hooks: Sequence[TrainHook] = ()
 
     @property
     def loop(self):
@@ -150,11 +167,27 @@ class GroupResult:
 
 def train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool = False, progress: bool = True,
                 stop_at: Optional[int] = None, configs: Optional[Dict[int, TrainConfig]] = None,
-                checkpoints: Optional[Dict[int, Dict[str, Any]]] = None) -> GroupResult:
+                checkpoints: Optional[Dict[int, Dict[str, Any]]] = None,
+                hooks: Optional[Dict[int, Sequence[TrainHook]]] = None,
+                group_hooks: Sequence[GroupHook] = ()) -> GroupResult:
     """Train ``cfg`` with each of ``seeds`` in one process (a new group in ``out_dir``, or
     ``resume`` the one there, whose seeds' configs ``configs`` gives; ``checkpoints`` passes the
     seeds' checkpoints when the caller has already read them). ``stop_at`` stops after that many
-    env steps with checkpoints, as Ctrl-C does."""
+    env steps with checkpoints, as Ctrl-C does. ``hooks`` follow each seed as they follow a
+    single run (by seed); ``group_hooks`` follow the group."""
+    hooks = hooks or {}
+    try:
+        return _train_group(cfg, seeds, out_dir, resume, progress, stop_at, configs, checkpoints, hooks,
+                            group_hooks)
+    finally:
+        for hook in [h for seed in seeds for h in hooks.get(seed, ())] + list(group_hooks):
+            hook.close()
+
+
+def _train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool, progress: bool,
+                 stop_at: Optional[int], configs: Optional[Dict[int, TrainConfig]],
+                 checkpoints: Optional[Dict[int, Dict[str, Any]]], hooks: Dict[int, Sequence[TrainHook]],
+                 group_hooks: Sequence[GroupHook]) -> GroupResult:
     validate(cfg)
     check_group_config(cfg)
     device = resolve_device(cfg.device)
@@ -183,7 +216,8 @@ def train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool =
             seed_everything(seed)  # as a single run: its networks start from the same weights
             run = group_dir.lane(seed)
             algo = make_algorithm(lane_cfg, device, run.path)
-            lanes.append(Lane(seed, lane_cfg, algo, run, LaneRandom(rng_state(), device.type == "cuda")))
+            lanes.append(Lane(seed, lane_cfg, algo, run, LaneRandom(rng_state(), device.type == "cuda"),
+                              hooks.get(seed, ())))
         if resume:
             for lane in lanes:
                 lane.algo.load_state_dict(checkpoints[lane.seed]["algorithm"])
@@ -195,13 +229,19 @@ def train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool =
             group_dir.create(seeds)
             for lane in lanes:
                 lane.run.create(lane.cfg)
-        return _group_loop(group, group_dir, progress, stop_at)
+        for lane in lanes:
+            for hook in lane.hooks:
+                hook.start(lane.run, lane.cfg)
+        for group_hook in group_hooks:
+            group_hook.start({lane.seed: lane.run for lane in lanes})
+        return _group_loop(group, group_dir, progress, stop_at, group_hooks)
     finally:
         for lane in lanes:
             lane.algo.close()
 
 
-def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, stop_at: Optional[int]) -> GroupResult:
+def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, stop_at: Optional[int],
+                group_hooks: Sequence[GroupHook]) -> GroupResult:
     cfg, lanes = group.cfg, group.lanes
     seeds = [lane.seed for lane in lanes]
     label = f"{lanes[0].algo.title} {cfg.env_id} seeds {format_seeds(seeds)}"
@@ -225,6 +265,11 @@ def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, sto
                 if bar is not None:
                     mean = float(np.mean([r["eval/return_mean"] for r in records]))
                     bar.epoch(group.env_steps, {**records[0], "eval/return_mean": mean})
+                for lane, record in zip(lanes, records):
+                    for hook in lane.hooks:
+                        hook.epoch(record, lane.run.checkpoint_path if saved else None)
+                for group_hook in group_hooks:
+                    group_hook.epoch({lane.seed: record for lane, record in zip(lanes, records)}, saved)
             if stop.requested or (stop_at is not None and group.env_steps >= stop_at):
                 if group.env_steps < cfg.total_steps:
                     group.save_checkpoints()
@@ -242,4 +287,8 @@ def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, sto
               f"{steps_per_s * len(lanes):.1f} in all); last eval returns "
               + ", ".join(f"seed {s}: {v}" for s, v in last.items()) + f"; run directories {group_dir.path}/seed<N>",
               file=sys.stderr)
+    for lane in lanes:
+        result = TrainResult(lane.run, group.env_steps, not stopped_early, lane.algo.last_eval)
+        for hook in lane.hooks:
+            hook.end(result)
     return GroupResult(group_dir.path, seeds, group.env_steps, not stopped_early, last)

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from mbpo_ray.config import TrainConfig, to_dict
 from mbpo_ray.errors import ConfigError
 from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.seeds import GroupDirectory
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 STEP_KEY = "env_steps"
@@ -101,6 +102,7 @@ class WandbLogger:
             dir=str(run.path), mode=self.mode, project=self.options.project, entity=self.options.entity,
             group=self.options.group, name=self.name, tags=list(self.options.tags) or None,
             id=existing_run_id(run.path) or self.run_id, resume="allow",
+            reinit="create_new",  # the seeds of a group each have a run, open side by side
             config={**to_dict(cfg), **self.extra_config},
             # console off: Tune and the progress bar own the terminal; nothing else is changed
             settings=wandb.Settings(console="off", silent=True))
@@ -176,11 +178,32 @@ def wandb_overrides(args) -> Dict[str, Any]:
 def train_hooks(args, cfg: TrainConfig, run_dir: str) -> List[WandbLogger]:
     """`mbpo-ray train`: a W&B logger when --wandb is given (else none). Any W&B flag without
     --wandb is an error rather than silently ignored."""
+    options = _train_options(args)
+    if options is None:
+        return []
+    return [WandbLogger(options, run_name(cfg.algo, cfg.env_id, cfg.seed), run_id=existing_run_id(Path(run_dir)))]
+
+
+def group_hooks(args, cfg: TrainConfig, seeds: List[int], out_dir: str) -> Dict[int, List[WandbLogger]]:
+    """`mbpo-ray train --seeds`: with --wandb, one W&B run per seed (each continued from its own
+    ``OUT/seed<N>/wandb/``), in the W&B group named after OUT unless --wandb-group says."""
+    options = _train_options(args)
+    if options is None:
+        return {}
+    options.group = options.group or Path(out_dir).resolve().name
+    lanes = GroupDirectory(out_dir)
+    return {seed: [WandbLogger(options, run_name(cfg.algo, cfg.env_id, seed),
+                               run_id=existing_run_id(lanes.lane(seed).path))] for seed in seeds}
+
+
+def run_name(algo: str, env_id: str, seed: int) -> str:
+    return f"{algo}-{env_id}-seed{seed}"
+
+
+def _train_options(args) -> Optional[WandbOptions]:
     overrides = wandb_overrides(args)
     if not args.wandb:
         if overrides:
             raise ConfigError(f"--wandb-{next(iter(overrides))} needs --wandb")
-        return []
-    options = WandbOptions(**overrides)
-    name = f"{cfg.algo}-{cfg.env_id}-seed{cfg.seed}"
-    return [WandbLogger(options, name, run_id=existing_run_id(Path(run_dir)))]
+        return None
+    return WandbOptions(**overrides)

@@ -177,7 +177,7 @@ def test_a_seed_of_a_stopped_group_resumes_alone(tmp_path):
     (["--seeds", "0-1", "--set", "seed=2"], "give one of them"),
     (["--seeds", "0-1", "--algo", "pets"], "not algo 'pets'"),
     (["--seeds", "0-1", "--runtime", "ray"], "local runtime"),
-    (["--seeds", "0-1", "--wandb"], "not a seed group"),
+    (["--seeds", "0-1", "--wandb-project", "p"], "--wandb-project needs --wandb"),
     (["--seeds", "1-0"], "expected seeds"),
 ])
 def test_cli_refuses_bad_groups_before_writing(argv, words, tmp_path, capsys):
@@ -201,3 +201,42 @@ def test_cli_trains_a_group_and_resumes_it_with_more_steps(tmp_path, capsys):
         assert group.lane(seed).load_config().total_steps == 600
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_cli_group_with_wandb_logs_one_run_per_seed(tmp_path, monkeypatch):
+    from mbpo_ray.wandb_log import existing_run_id
+
+    monkeypatch.setenv("WANDB_API_KEY", "fake-wandb-key-0123456789abcdef0123456789abcdef")
+    out = tmp_path / "g"
+    sets = [f"--set={k}={v}".replace(" ", "") for k, v in tiny_overrides().items() if k not in ("seed", "total_steps")]
+    assert main(["train", "--env", "InvertedPendulum-v5", "--seeds", "3-4", "--steps", "400", "--out", str(out),
+                 "--no-progress", "--wandb", "--wandb-mode", "offline", *sets]) == 0
+    group = GroupDirectory(out)
+    ids = []
+    for seed in (3, 4):
+        run_dir = group.lane(seed).path
+        runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+        run_id = existing_run_id(run_dir)
+        assert len(runs) == 1 and run_id is not None
+        data = (runs[0] / f"run-{run_id}.wandb").read_bytes()
+        # the seed's own name and records; the group's W&B group is OUT's name
+        for text in (f"mbpo-InvertedPendulum-v5-seed{seed}", "eval/return_mean", "curve"):
+            assert text.encode() in data, (seed, text)
+        ids.append(run_id)
+    assert len(set(ids)) == 2
+    files = [p for p in out.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert [str(p) for p in files if b"fake-wandb-key" in p.read_bytes()] == []
+
+
+def test_group_wandb_runs_are_grouped_by_the_folder_unless_told(tmp_path):
+    from mbpo_ray.cli import build_parser
+    from mbpo_ray.wandb_log import group_hooks
+
+    cfg = make_config("Hopper-v5", {"algo": "sac"})
+    for flags, group in (([], "hopper8"), (["--wandb-group", "mine"], "mine")):
+        args = build_parser().parse_args(["train", "--wandb", *flags])
+        hooks = group_hooks(args, cfg, [0, 5], str(tmp_path / "hopper8"))
+        assert sorted(hooks) == [0, 5]
+        assert [(h[0].name, h[0].options.group) for h in hooks.values()] == [
+            ("sac-Hopper-v5-seed0", group), ("sac-Hopper-v5-seed5", group)]
+    assert group_hooks(build_parser().parse_args(["train"]), cfg, [0, 5], str(tmp_path / "x")) == {}

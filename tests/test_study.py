@@ -148,6 +148,10 @@ MALFORMED = [
     ("variants: {steve_mixed: {algo: steve, mbpo.real_ratio: 0.5}}", "variants.steve_mixed.mbpo.real_ratio: "
      "mbpo.real_ratio=0.5 is not allowed: 1 with algo steve", []),
     ("name: a/b", "name: 'a/b' is not allowed: letters, digits", []),
+    ("seeds_per_trial: 0", "seeds_per_trial: 0 is not allowed: at least 1", []),
+    ("seeds_per_trial: 65", "seeds_per_trial: 65 is not allowed: 1 (one seed per trial) to 64", []),
+    ("seeds_per_trial: 2\nsearch: {runtime: {choice: [local, ray]}}", "seeds_per_trial: 2 packs the seeds of trial "
+     "mbpo-InvertedPendulum-v5-seeds0-1, but --seeds runs on the local runtime", []),
 ]
 
 
@@ -285,6 +289,41 @@ def test_trial_table_counts_trials_and_resources(tmp_path):
     assert "sac-wide-Hopper-v5-seed4-*" in table
     assert "per trial at most 1 CPU, 0 GPU; all trials at once 48 CPU, 0 GPU" in table
     assert "max concurrent trials: 3" in table
+
+
+PACKED = """
+name: packed
+algorithms: [mbpo, sac, pets]
+envs: [InvertedPendulum-v5]
+seeds: [0, 1, 2, 5, 6]
+seeds_per_trial: 2
+budget: {env_steps: 400}
+overrides:
+  algorithms:
+    sac: {runtime: ray}
+wandb: {mode: disabled}
+"""
+
+
+def test_seeds_per_trial_packs_the_seeds_of_trials_that_can_be_groups(tmp_path):
+    study = load_study(write(tmp_path, PACKED))
+    by_name = {c.name: c for c in cells(study)}
+    # mbpo: runs of two seeds in the study's order; sac (on the Ray runtime) and pets cannot be
+    # seed groups (docs/seed_groups.md): one seed per trial
+    mbpo = [n for n in by_name if n.startswith("mbpo")]
+    assert mbpo == ["mbpo-InvertedPendulum-v5-seeds0-1", "mbpo-InvertedPendulum-v5-seeds2_5",
+                    "mbpo-InvertedPendulum-v5-seed6"]
+    assert [by_name[n].seeds for n in mbpo] == [[0, 1], [2, 5], [6]]
+    assert sorted(n for n in by_name if not n.startswith("mbpo")) == sorted(
+        f"{algo}-InvertedPendulum-v5-seed{s}" for algo in ("sac", "pets") for s in (0, 1, 2, 5, 6))
+    # a packed trial's config is its first seed's (train_group sets each seed's own)
+    assert trial_config(by_name["mbpo-InvertedPendulum-v5-seeds2_5"].to_plain()).seed == 2
+    table = trial_table(study, validate_study(study), "F")
+    assert "seeds per trial: up to 2 for mbpo and sac on the local runtime" in table
+    assert "mbpo-InvertedPendulum-v5-seeds2_5  mbpo  InvertedPendulum-v5  2,5" in table
+    assert table.startswith("study packed: 13 trials (13 cells x 1 per cell)")
+    copy = study_from_yaml(parse_yaml(dump_study(study), "copy"), "copy", "x")
+    assert [c.name for c in cells(copy)] == list(by_name)
 
 
 def test_local_trial_asks_for_its_threads_and_gpus(tiny_config):

@@ -20,7 +20,9 @@ tune = pytest.importorskip("ray.tune")
 
 from mbpo_ray.cli import main  # noqa: E402
 from mbpo_ray.config import to_dict  # noqa: E402
+from mbpo_ray.analysis.report import find_run_dirs  # noqa: E402
 from mbpo_ray.run_dir import RunDirectory  # noqa: E402
+from mbpo_ray.seeds import GroupDirectory  # noqa: E402
 from mbpo_ray.tune.study import StudyError, cells, load_study, trial_config  # noqa: E402
 from mbpo_ray.tune.sweep import sweep  # noqa: E402
 from mbpo_ray.wandb_log import stable_run_id  # noqa: E402
@@ -76,8 +78,8 @@ class KillOnce(tune.Callback):
     """Kills the worker process of trial ``name`` (SIGKILL) once Tune has recorded its first
     checkpoint, remembering the metrics line written by then."""
 
-    def __init__(self, name: str, runs: Path):
-        self.name, self.runs = name, runs
+    def __init__(self, name: str, runs: Path, metrics: str = "metrics.jsonl"):
+        self.name, self.runs, self.metrics = name, runs, metrics
         self.killed_pid = None
         self.first_line = None
         self.recovered = 0
@@ -85,7 +87,7 @@ class KillOnce(tune.Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if str(trial) != self.name or self.killed_pid is not None:
             return
-        self.first_line = (self.runs / self.name / "metrics.jsonl").read_text().splitlines()[0]
+        self.first_line = (self.runs / self.name / self.metrics).read_text().splitlines()[0]
         self.killed_pid = trial.last_result["pid"]
         os.kill(self.killed_pid, signal.SIGKILL)
 
@@ -170,6 +172,73 @@ def test_a_trial_folder_resumes_with_mbpo_ray_train(smoke):
     run = smoke["folder"] / "runs" / "sac-InvertedPendulum-v5-seed0"
     assert main(["train", "--resume", str(run), "--steps", "600", "--no-progress"]) == 0
     assert env_steps(RunDirectory(run)) == [200, 400, 600]
+
+
+@pytest.fixture(scope="module")
+def packed(ray_cluster, tmp_path_factory):
+    """sac with 3 seeds, 2 per trial: a seed group (seeds 0, 1) and a single run (seed 2), W&B
+    offline; the group trial's worker killed once."""
+    root = tmp_path_factory.mktemp("packed")
+    path = write_study(root, """
+        algorithms: [sac]
+        envs: [InvertedPendulum-v5]
+        seeds: [0, 1, 2]
+        seeds_per_trial: 2
+        budget: {env_steps: 400}
+        max_concurrent_trials: 2
+        max_failures: 1
+        wandb: {mode: offline}
+        """, "packed")
+    folder = root / "study"
+    killer = KillOnce("sac-InvertedPendulum-v5-seeds0-1", folder / "runs", metrics="seed0/metrics.jsonl")
+    code = sweep(str(path), out=str(folder), callbacks=[killer], verbose=0)
+    return {"code": code, "folder": folder, "study": load_study(path), "killer": killer}
+
+
+def test_packed_seeds_train_as_a_group_in_one_trial(packed):
+    assert packed["code"] == 0
+    runs = packed["folder"] / "runs"
+    by_name = {c.name: c for c in cells(packed["study"])}
+    assert sorted(p.name for p in runs.iterdir()) == sorted(by_name) == ["sac-InvertedPendulum-v5-seed2",
+                                                                         "sac-InvertedPendulum-v5-seeds0-1"]
+    group = GroupDirectory(runs / "sac-InvertedPendulum-v5-seeds0-1")
+    assert group.seeds() == [0, 1]
+    seed_runs = {0: group.lane(0), 1: group.lane(1), 2: RunDirectory(runs / "sac-InvertedPendulum-v5-seed2")}
+    for seed, run in seed_runs.items():
+        cell = by_name["sac-InvertedPendulum-v5-seed2" if seed == 2 else "sac-InvertedPendulum-v5-seeds0-1"]
+        assert to_dict(run.load_config()) == {**to_dict(trial_config(cell.to_plain())), "seed": seed}
+        assert env_steps(run) == [200, 400] and run.load_checkpoint()["env_steps"] == 400
+        assert run.curve_path.is_file()
+    # every seed's run directory is a run to mbpo-ray report
+    assert sorted(find_run_dirs([runs])) == sorted(r.path.resolve() for r in seed_runs.values())
+    # the group trial's worker was killed after its first checkpoint and continued from it
+    killer = packed["killer"]
+    assert killer.killed_pid is not None and killer.recovered == 1
+    assert group.lane(0).metrics_path.read_text().splitlines()[0] == killer.first_line
+
+
+def test_a_packed_trial_reports_the_mean_of_its_seeds_to_tune(packed):
+    result_file = packed["folder"] / "tune" / "sac-InvertedPendulum-v5-seeds0-1" / "result.json"
+    last = __import__("json").loads(result_file.read_text().splitlines()[-1])
+    group = GroupDirectory(packed["folder"] / "runs" / "sac-InvertedPendulum-v5-seeds0-1")
+    returns = [group.lane(seed).read_metrics()[-1]["eval/return_mean"] for seed in (0, 1)]
+    assert last["seeds"] == 2 and last["env_steps"] == 400
+    assert [last["seed0/eval/return_mean"], last["seed1/eval/return_mean"]] == returns
+    assert last["eval/return_mean"] == pytest.approx(sum(returns) / 2)
+
+
+def test_each_packed_seed_has_its_own_wandb_run(packed):
+    folder = packed["folder"]
+    study_id = __import__("json").loads((folder / "sweep.json").read_text())["id"]
+    name = "sac-InvertedPendulum-v5-seeds0-1"
+    for seed in (0, 1):
+        run_dir = GroupDirectory(folder / "runs" / name).lane(seed).path
+        run_id = stable_run_id(study_id, f"{name}-seed{seed}")
+        runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2 and all(r.name.endswith("-" + run_id) for r in runs), runs  # killed once
+        data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
+        for text in (f"{name}-seed{seed}", "eval/return_mean", "curve"):
+            assert text.encode() in data, (seed, text)
 
 
 def test_ray_runtime_trial_actors_run_inside_its_placement_group(ray_cluster, tmp_path):
@@ -287,3 +356,27 @@ def test_killed_study_driver_resumes_without_rerunning_or_repeating(ray_cluster,
     after = _lines(_metrics(folder, second))
     assert env_steps(RunDirectory(folder / "runs" / second)) == [200, 400, 600, 800]
     assert after[0] == before_second[0]
+
+
+@pytest.mark.parametrize("seeds", [[3], [0, 4]])
+def test_a_full_tune_checkpoint_restores_every_run_of_the_trial(seeds, tmp_path):
+    """Object-store storage: a Tune checkpoint holds the trial's runs (checkpoint.pt, metrics,
+    config; a group's group.yaml) and a restored trial gets them back in a new folder."""
+    from mbpo_ray.tune.trainable import TrialRuns, restore_snapshot, write_snapshot
+
+    trial = TrialRuns(tmp_path / "node1", seeds)
+    if len(seeds) > 1:
+        GroupDirectory(trial.path).create(seeds)
+    for seed, run in trial.runs().items():
+        run.path.mkdir(parents=True, exist_ok=True)
+        for path in (run.checkpoint_path, run.metrics_path, run.config_path):
+            path.write_bytes(f"{path.name} of seed {seed}".encode())
+    snapshot = tmp_path / "snapshot"
+    write_snapshot(trial, snapshot)
+    # no tool takes the snapshot for a run directory
+    assert find_run_dirs([snapshot]) == [] and not (snapshot / "group.yaml").exists()
+    moved = TrialRuns(tmp_path / "node2", seeds)
+    restore_snapshot(tune.Checkpoint.from_directory(str(snapshot)), moved)
+    before = {p.relative_to(trial.path): p.read_bytes() for p in trial.path.rglob("*") if p.is_file()}
+    after = {p.relative_to(moved.path): p.read_bytes() for p in moved.path.rglob("*") if p.is_file()}
+    assert after == before and len(before) == 3 * len(seeds) + (len(seeds) > 1)

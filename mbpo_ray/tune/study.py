@@ -24,9 +24,10 @@ import yaml
 from mbpo_ray.config import ALGOS, TrainConfig, check_env_id, field_names, make_config, set_field
 from mbpo_ray.config.validate import SEED_LIMIT
 from mbpo_ray.errors import ConfigError
+from mbpo_ray.seeds import GROUP_ALGOS, MAX_SEEDS, check_group_config, format_seeds
 from mbpo_ray.wandb_log import WANDB_MODES, WandbOptions
 
-TOP_KEYS = ("name", "description", "algorithms", "envs", "seeds", "budget", "overrides", "variants",
+TOP_KEYS = ("name", "description", "algorithms", "envs", "seeds", "seeds_per_trial", "budget", "overrides", "variants",
             "search", "samples", "scheduler", "max_concurrent_trials", "max_failures", "gpus_per_trial",
             "storage", "storage_shared", "wandb")
 BUDGET_KEYS = ("env_steps", "time_s")
@@ -135,6 +136,7 @@ class Study:
     envs: List[str]
     seeds: List[int]
     algorithms: List[str] = field(default_factory=list)
+    seeds_per_trial: int = 1  # >1: a trial of mbpo or sac trains that many seeds in one process
     description: str = ""
     env_steps: Optional[int] = None
     time_budget_s: Optional[float] = None
@@ -175,7 +177,7 @@ class Study:
             out["description"] = self.description
         if self.algorithms:
             out["algorithms"] = list(self.algorithms)
-        out.update({"envs": list(self.envs), "seeds": list(self.seeds)})
+        out.update({"envs": list(self.envs), "seeds": list(self.seeds), "seeds_per_trial": self.seeds_per_trial})
         budget = {k: v for k, v in (("env_steps", self.env_steps), ("time_s", self.time_budget_s)) if v is not None}
         if budget:
             out["budget"] = budget
@@ -212,13 +214,14 @@ def _plain(value):
 
 @dataclass
 class Cell:
-    """One (algorithm, env, seed, variant) of a study: the trials of a cell differ only in the
-    search spaces' values."""
+    """One (algorithm, env, seed, variant) of a study, or with ``seeds_per_trial`` one
+    (algorithm, env, seeds, variant) whose trials train those seeds as a seed group: the trials
+    of a cell differ only in the search spaces' values."""
 
     name: str
     algo: str
     env: str
-    seed: int
+    seeds: List[int]  # one seed, or the seeds a trial packs
     variant: Optional[str]
     overrides: Dict[str, Any]  # dotted field -> value, every layer but the search applied
     origin: Dict[str, str]  # dotted field -> the study key path that set it (error messages)
@@ -226,7 +229,7 @@ class Cell:
 
     def to_plain(self) -> Dict[str, Any]:
         """What a Tune trial needs of its cell (the sweep's settings hold it by name)."""
-        return {"name": self.name, "algo": self.algo, "env": self.env, "seed": self.seed,
+        return {"name": self.name, "algo": self.algo, "env": self.env, "seeds": list(self.seeds),
                 "variant": self.variant, "overrides": _plain(self.overrides),
                 "gpus_per_trial": self.gpus_per_trial}
 
@@ -285,6 +288,11 @@ def parse_study(raw: Dict[str, Any], default_name: str = "study") -> Study:
 
     study.envs = _unique_list(_required(raw, "envs"), "envs", _env_id)
     study.seeds = _seeds(_required(raw, "seeds"))
+    if raw.get("seeds_per_trial") is not None:
+        study.seeds_per_trial = _integer(raw["seeds_per_trial"], "seeds_per_trial", minimum=1)
+        if study.seeds_per_trial > MAX_SEEDS:
+            raise fail("seeds_per_trial", f"{study.seeds_per_trial} is not allowed: 1 (one seed per trial) to "
+                                          f"{MAX_SEEDS} (the largest seed group)")
 
     budget = _mapping(raw.get("budget", {}), "budget")
     _known_keys(budget, "budget", BUDGET_KEYS, "budget")
@@ -554,41 +562,52 @@ def _wandb(value: Any) -> WandbOptions:
 
 # --- trials --------------------------------------------------------------------------------------
 
-def cell_name(algo: str, env: str, seed: int, variant: Optional[str]) -> str:
-    """``algo-env-seedN``, with the variant after the algorithm: the trial's folder, its Tune
-    trial name and its W&B run name."""
-    return f"{algo}{'-' + variant if variant else ''}-{env}-seed{seed}"
+def cell_name(algo: str, env: str, seeds: Sequence[int], variant: Optional[str]) -> str:
+    """``algo-env-seedN`` (or ``algo-env-seedsA-B`` for packed seeds, ``format_seeds`` with '_'
+    for ','), with the variant after the algorithm: the trial's folder, its Tune trial name and
+    its W&B run name."""
+    where = f"seed{seeds[0]}" if len(seeds) == 1 else "seeds" + format_seeds(list(seeds)).replace(",", "_")
+    return f"{algo}{'-' + variant if variant else ''}-{env}-{where}"
+
+
+def packs(study: Study, algo: str, runtime: Any) -> List[List[int]]:
+    """The study's seeds as the trials of one (algorithm, env, variant) take them: in runs of
+    ``seeds_per_trial`` in the study's order where the trial can be a seed group (mbpo or sac
+    on the local runtime), else one each."""
+    size = study.seeds_per_trial if algo in GROUP_ALGOS and runtime == "local" else 1
+    return [study.seeds[i:i + size] for i in range(0, len(study.seeds), size)]
 
 
 def cells(study: Study) -> List[Cell]:
-    """Every (algorithm, env, seed, variant) of the study, with its overrides in the order they
-    apply: the sweep default torch_threads=1, budget.env_steps, overrides.all,
+    """Every (algorithm, env, seed or packed seeds, variant) of the study, with its overrides in
+    the order they apply: the sweep default torch_threads=1, budget.env_steps, overrides.all,
     overrides.envs[env], overrides.algorithms[algo], the variant (docs/sweeps.md)."""
     variants: List[Tuple[Optional[str], Dict[str, Any]]] = list(study.variants.items()) or [(None, {})]
+    runtime_default = TrainConfig().runtime  # no preset sets it
     out = []
     for env in study.envs:
         for vname, vspec in variants:
             algos = [vspec["algo"]] if "algo" in vspec else study.algorithms
             for algo in algos:
-                for seed in study.seeds:
-                    overrides: Dict[str, Any] = {}
-                    origin: Dict[str, str] = {}
-                    layers = [({"torch_threads": 1}, "(the sweep default torch_threads: 1)"),
-                              ({"total_steps": study.env_steps} if study.env_steps else {}, "budget"),
-                              (study.overrides_all, "overrides.all"),
-                              (study.overrides_envs.get(env, {}), f"overrides.envs.{env}"),
-                              (study.overrides_algorithms.get(algo, {}), f"overrides.algorithms.{algo}"),
-                              ({k: v for k, v in vspec.items() if k != "algo"}, f"variants.{vname}")]
-                    for layer, path in layers:
-                        for key, value in layer.items():
-                            overrides[key] = value
-                            origin[key] = "budget.env_steps" if path == "budget" else (
-                                path if path.startswith("(") else f"{path}.{key}")
-                    overrides.update({"algo": algo, "seed": seed})
-                    if vname:  # the report groups a study's runs by algorithm and label
-                        overrides["label"] = vname
-                    out.append(Cell(cell_name(algo, env, seed, vname), algo, env, seed, vname, overrides,
-                                    origin, study.gpus_per_trial))
+                overrides: Dict[str, Any] = {}
+                origin: Dict[str, str] = {}
+                layers = [({"torch_threads": 1}, "(the sweep default torch_threads: 1)"),
+                          ({"total_steps": study.env_steps} if study.env_steps else {}, "budget"),
+                          (study.overrides_all, "overrides.all"),
+                          (study.overrides_envs.get(env, {}), f"overrides.envs.{env}"),
+                          (study.overrides_algorithms.get(algo, {}), f"overrides.algorithms.{algo}"),
+                          ({k: v for k, v in vspec.items() if k != "algo"}, f"variants.{vname}")]
+                for layer, path in layers:
+                    for key, value in layer.items():
+                        overrides[key] = value
+                        origin[key] = "budget.env_steps" if path == "budget" else (
+                            path if path.startswith("(") else f"{path}.{key}")
+                if vname:  # the report groups a study's runs by algorithm and label
+                    overrides["label"] = vname
+                for seeds in packs(study, algo, overrides.get("runtime", runtime_default)):
+                    out.append(Cell(cell_name(algo, env, seeds, vname), algo, env, seeds, vname,
+                                    {**overrides, "algo": algo, "seed": seeds[0]}, dict(origin),
+                                    study.gpus_per_trial))
     return out
 
 
@@ -683,6 +702,12 @@ def validate_study(study: Study) -> List[CellPlan]:
             except ConfigError as exc:
                 raise _blame(exc, cell, search, where) from None
             _check_devices(cfg, study, cell)
+            if len(cell.seeds) > 1:
+                try:
+                    check_group_config(cfg)
+                except ConfigError as exc:
+                    raise fail("seeds_per_trial", f"{study.seeds_per_trial} packs the seeds of trial "
+                                                  f"{cell.name}, but {exc}") from None
             first = first or cfg
             bundles = trial_bundles(cfg, study.gpus_per_trial)
             if largest is None or _bigger(total(bundles), total(largest)):
@@ -739,17 +764,20 @@ def trial_table(study: Study, plans: List[CellPlan], folder: str) -> str:
     trials and resources, then the totals."""
     per_cell = study.trials_per_cell()
     n_trials = per_cell * len(plans)
-    head = ["trial", "algo", "env", "seed", "variant", "runtime", "steps", "trials", "CPU", "GPU", "bundles"]
+    head = ["trial", "algo", "env", "seeds", "variant", "runtime", "steps", "trials", "CPU", "GPU", "bundles"]
     rows = []
     for p in plans:
         need = total(p.bundles)
-        rows.append([p.cell.name + ("-*" if study.searched else ""), p.cell.algo, p.cell.env, str(p.cell.seed),
+        rows.append([p.cell.name + ("-*" if study.searched else ""), p.cell.algo, p.cell.env, format_seeds(p.cell.seeds),
                      p.cell.variant or "-", p.runtime, str(p.total_steps), str(per_cell),
                      _amount(need.get("CPU", 0)), _amount(need.get("GPU", 0)), str(len(p.bundles))])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     lines = [f"study {study.name}: {n_trials} trial{'s' if n_trials != 1 else ''} "
              f"({len(plans)} cells x {per_cell} per cell), folder {folder}"]
+    if study.seeds_per_trial > 1:
+        lines.append(f"seeds per trial: up to {study.seeds_per_trial} for {' and '.join(GROUP_ALGOS)} on the local "
+                     f"runtime (a seed group in one process, docs/seed_groups.md); one for the others")
     if study.search:
         lines.append("search: " + "; ".join(f"{k} {s.describe()}" for k, s in study.search.items())
                      + (f"; samples {study.samples}" if study.samples > 1 else ""))

@@ -1,20 +1,23 @@
-"""The Ray Tune function trainable of a sweep: one trial is one `mbpo-ray train` run.
+"""The Ray Tune function trainable of a sweep: one trial is one `mbpo-ray train` run, or with
+the study's ``seeds_per_trial`` one `mbpo-ray train --seeds` group (docs/seed_groups.md).
 
 ``run_trial`` builds the trial's TrainConfig from its cell and search values and hands it to
-``mbpo_ray.train.train`` with two hooks: ``TuneReporter`` reports every epoch record with
-``tune.report`` (with a Tune checkpoint whenever train wrote checkpoint.pt) and the W&B logger.
-A restarted or restored trial resumes as `mbpo-ray train --resume` does (docs/sweeps.md,
-"Faults"). What a Tune checkpoint holds depends on the storage:
+``mbpo_ray.train.train`` (or ``mbpo_ray.seed_group.train_group``) with its followers:
+``TuneReporter`` reports every epoch with ``tune.report`` (with a Tune checkpoint whenever the
+run's checkpoint.pt, or every seed's, was written) and one W&B logger per seed. A restarted or
+restored trial resumes as `mbpo-ray train --resume` does (docs/sweeps.md, "Faults"). What a
+Tune checkpoint holds depends on the storage:
 
-- a local or NFS study folder: the trial's run directory is in it (``STUDY/runs/<trial>``) and
-  is the trial's state; the Tune checkpoint records the env step of the run's checkpoint.pt
-  (``snapshot.json``). A resumed trial continues from the run directory's checkpoint.pt, the
-  newest one, which is at or past the Tune checkpoint's step. Nothing is copied, and Tune
-  keeps every (tiny) checkpoint, so its experiment state never names a deleted one.
-- an ``s3://`` / ``gs://`` study folder: the run directory is the trial's working directory on
-  its node; the Tune checkpoint holds checkpoint.pt and copies of metrics.jsonl and
-  config.yaml (renamed, so that no tool takes it for a run directory), and a restored trial
-  first puts them back into its new working directory.
+- a local or NFS study folder: the trial's folder is in it (``STUDY/runs/<trial>``) and is the
+  trial's state; the Tune checkpoint records the env step of its checkpoint.pt
+  (``snapshot.json``). A resumed trial continues from the newest checkpoint.pt, which is at or
+  past the Tune checkpoint's step. Nothing is copied, and Tune keeps every (tiny) checkpoint,
+  so its experiment state never names a deleted one.
+- an ``s3://`` / ``gs://`` study folder: the trial's folder is its working directory on its
+  node; the Tune checkpoint holds each run's checkpoint.pt and copies of its metrics.jsonl and
+  config.yaml (renamed, so that no tool takes it for a run directory; packed seeds under
+  ``seed<N>/`` with the group's group.yaml), and a restored trial first puts them back into
+  its new working directory.
 """
 from __future__ import annotations
 
@@ -23,13 +26,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import ray
 from ray import tune
 
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.seed_group import GroupHook, train_group
+from mbpo_ray.seeds import GroupDirectory
 from mbpo_ray.train import TrainHook, train
 from mbpo_ray.tune.study import trial_bundles, trial_config
 from mbpo_ray.wandb_log import WandbLogger, WandbOptions, stable_run_id
@@ -37,10 +43,14 @@ from mbpo_ray.wandb_log import WandbLogger, WandbOptions, stable_run_id
 SNAPSHOT_PREFIX = ".tune-checkpoint-"
 SNAPSHOT_METRICS = "metrics-snapshot.jsonl"
 SNAPSHOT_CONFIG = "config-snapshot.yaml"
+SNAPSHOT_GROUP = "group-snapshot.yaml"
 SNAPSHOT_INFO = "snapshot.json"
 # Added to every result a trial reports to Tune (not to metrics.jsonl): the Ray node that ran
 # it, so that Tune's results show where each trial ran and where a restarted trial went on.
 NODE_KEY = "node_id"
+# A trial of packed seeds reports, besides the seeds' mean of every metric, how many seeds it
+# trains and each seed's eval return under this prefix (docs/sweeps.md, "Packed seeds").
+SEEDS_KEY = "seeds"
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -57,34 +67,96 @@ def link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-class TuneReporter(TrainHook):
-    """Reports each epoch record to Tune; a record followed by a checkpoint carries a Tune
-    checkpoint (the module docstring says of what)."""
+class TrialRuns:
+    """The run directories of one trial: its folder is the run directory (one seed), or a seed
+    group's directory with one run directory per seed (packed seeds, docs/seed_groups.md)."""
 
-    def __init__(self, full_snapshots: bool):
-        self.full_snapshots = full_snapshots
-        self.run: Optional[RunDirectory] = None
+    def __init__(self, path: Path, seeds: List[int]):
+        self.path, self.seeds = path, list(seeds)
+        self.group = GroupDirectory(path) if len(self.seeds) > 1 else None
+
+    def runs(self) -> Dict[int, RunDirectory]:
+        if self.group is None:
+            return {self.seeds[0]: RunDirectory(self.path)}
+        return {seed: self.group.lane(seed) for seed in self.seeds}
+
+    def snapshot_files(self) -> List[Tuple[Path, str]]:
+        """(file in the trial folder, its name in a full Tune checkpoint): each run's
+        checkpoint.pt, metrics.jsonl and config.yaml, renamed so that no tool takes the
+        checkpoint for a run directory, and a group's group.yaml."""
+        files = [] if self.group is None else [(self.group.group_file, SNAPSHOT_GROUP)]
+        for run in self.runs().values():
+            where = "" if self.group is None else run.path.name + "/"
+            files += [(run.checkpoint_path, where + "checkpoint.pt"),
+                      (run.metrics_path, where + SNAPSHOT_METRICS),
+                      (run.config_path, where + SNAPSHOT_CONFIG)]
+        return files
+
+    def load_checkpoints(self) -> Optional[Dict[int, Dict[str, Any]]]:
+        """Every run's checkpoint, or None when some run has none (the trial starts afresh)."""
+        runs = self.runs()
+        if not all(run.checkpoint_path.is_file() for run in runs.values()):
+            return None
+        return {seed: run.load_checkpoint() for seed, run in runs.items()}
+
+    def last_records(self) -> Dict[int, Dict[str, Any]]:
+        return {seed: run.read_metrics()[-1] for seed, run in self.runs().items()}
+
+
+def tune_result(records: Dict[int, Dict[str, Any]], node_id: str) -> Dict[str, Any]:
+    """What a trial reports to Tune for one epoch of its seeds (``records`` by seed): a single
+    run's record as it is; for packed seeds, each key the seeds share with one value, every
+    other number as the seeds' mean (ASHA and the summary compare trials by
+    ``eval/return_mean``), ``seeds`` and each seed's ``seed<N>/eval/return_mean``."""
+    if len(records) == 1:
+        return {**next(iter(records.values())), NODE_KEY: node_id}
+    first = next(iter(records.values()))
+    result: Dict[str, Any] = {}
+    for key in first:
+        values = [record.get(key) for record in records.values()]
+        if all(v == values[0] for v in values):
+            result[key] = values[0]
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            result[key] = float(np.mean(values))
+    result[SEEDS_KEY] = len(records)
+    for seed, record in records.items():
+        result[f"seed{seed}/eval/return_mean"] = record.get("eval/return_mean")
+    return {**result, NODE_KEY: node_id}
+
+
+class TuneReporter(GroupHook):
+    """Reports each epoch of a trial's seeds to Tune (``tune_result``); an epoch followed by
+    checkpoints carries a Tune checkpoint (the module docstring says of what). A single run
+    reaches it through ``SingleRunReporter``."""
+
+    def __init__(self, trial: TrialRuns, full_snapshots: bool):
+        self.trial, self.full_snapshots = trial, full_snapshots
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def start(self, run: RunDirectory, cfg) -> None:
-        self.run = run
-
-    def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
-        result = {**record, NODE_KEY: self.node_id}
-        if checkpoint is None:
+    def epoch(self, records: Dict[int, Dict[str, Any]], checkpointed: bool) -> None:
+        result = tune_result(records, self.node_id)
+        if not checkpointed:
             tune.report(result)
             return
-        folder = Path(tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=self.run.path))
+        folder = Path(tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=self.trial.path))
         try:
             if self.full_snapshots:
-                link_or_copy(checkpoint, folder / "checkpoint.pt")
-                shutil.copyfile(self.run.metrics_path, folder / SNAPSHOT_METRICS)
-                shutil.copyfile(self.run.config_path, folder / SNAPSHOT_CONFIG)
-            (folder / SNAPSHOT_INFO).write_text(json.dumps({"env_steps": record["env_steps"]}))
+                write_snapshot(self.trial, folder)
+            (folder / SNAPSHOT_INFO).write_text(json.dumps({"env_steps": result["env_steps"]}))
             # Tune copies the folder into the study's storage before report returns
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class SingleRunReporter(TrainHook):
+    """``TuneReporter`` as the hook of a single run."""
+
+    def __init__(self, reporter: TuneReporter, seed: int):
+        self.reporter, self.seed = reporter, seed
+
+    def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
+        self.reporter.epoch({self.seed: record}, checkpoint is not None)
 
 
 def checkpoint_step(checkpoint: "tune.Checkpoint") -> int:
@@ -92,23 +164,34 @@ def checkpoint_step(checkpoint: "tune.Checkpoint") -> int:
         return json.loads((Path(folder) / SNAPSHOT_INFO).read_text())["env_steps"]
 
 
-def restore_snapshot(checkpoint: "tune.Checkpoint", run: RunDirectory) -> None:
-    """Put a full Tune checkpoint back into the run directory (object-store storage)."""
-    run.path.mkdir(parents=True, exist_ok=True)
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.name == "checkpoint.pt":
+        link_or_copy(src, dst)
+    else:
+        shutil.copyfile(src, dst)
+
+
+def write_snapshot(trial: TrialRuns, folder: Path) -> None:
+    """A full Tune checkpoint's files (object-store storage): ``TrialRuns.snapshot_files``."""
+    for source, name in trial.snapshot_files():
+        _copy(source, folder / name)
+
+
+def restore_snapshot(checkpoint: "tune.Checkpoint", trial: TrialRuns) -> None:
+    """Put a full Tune checkpoint back into the trial folder (object-store storage)."""
     with checkpoint.as_directory() as folder:
-        folder = Path(folder)
-        link_or_copy(folder / "checkpoint.pt", run.checkpoint_path)
-        shutil.copyfile(folder / SNAPSHOT_METRICS, run.metrics_path)
-        shutil.copyfile(folder / SNAPSHOT_CONFIG, run.config_path)
+        for target, name in trial.snapshot_files():
+            _copy(Path(folder) / name, target)
 
 
-def clear_run(run: RunDirectory) -> None:
+def clear_run(path: Path) -> None:
     """A trial that starts from scratch (a first start, or a restart before its first
-    checkpoint) owns its run directory: empty it of what an earlier attempt wrote (that
-    attempt sent nothing to W&B, which waits for a checkpoint)."""
-    if not run.path.is_dir():
+    checkpoint) owns its folder: empty it of what an earlier attempt wrote (that attempt sent
+    nothing to W&B, which waits for a checkpoint)."""
+    if not path.is_dir():
         return
-    for entry in run.path.iterdir():
+    for entry in path.iterdir():
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
@@ -124,39 +207,52 @@ def trial_resources(config: Dict[str, Any], cells: Dict[str, Dict[str, Any]]) ->
 
 def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     """The function trainable. ``settings`` (the same for every trial of a study): ``runs_dir``
-    (the study's ``runs/`` folder, or None when the storage is a URI and the run directory is
-    the trial's working directory, uploaded by Tune), ``study``, ``study_id``, ``wandb``
+    (the study's ``runs/`` folder, or None when the storage is a URI and the trial's folder is
+    its working directory, uploaded by Tune), ``study``, ``study_id``, ``wandb``
     (``WandbOptions.to_plain()``), ``cells`` (each cell's ``Cell.to_plain()`` by name: a
-    trial's config holds its cell's name and its search values)."""
+    trial's config holds its cell's name and its search values). A cell of packed seeds runs
+    them as a seed group (``mbpo_ray.seed_group.train_group``)."""
     cell, search = settings["cells"][config["cell"]], dict(config.get("search") or {})
     cfg = trial_config(cell, search)
     name = tune.get_context().get_trial_name()
     shared = settings["runs_dir"] is not None
-    run = RunDirectory(Path(settings["runs_dir"]) / name if shared else Path.cwd())
+    trial = TrialRuns(Path(settings["runs_dir"]) / name if shared else Path.cwd(), cell["seeds"])
 
-    for leftover in run.path.glob(SNAPSHOT_PREFIX + "*"):  # a snapshot folder of a killed process
+    for leftover in trial.path.glob(SNAPSHOT_PREFIX + "*"):  # a snapshot folder of a killed process
         shutil.rmtree(leftover, ignore_errors=True)
     tune_checkpoint = tune.get_checkpoint()
     if not shared and tune_checkpoint is not None:
-        restore_snapshot(tune_checkpoint, run)
-    state = run.load_checkpoint() if run.checkpoint_path.is_file() else None
+        restore_snapshot(tune_checkpoint, trial)
+    states = trial.load_checkpoints()
     if tune_checkpoint is not None:
         recorded = checkpoint_step(tune_checkpoint)
-        if state is None or state["env_steps"] < recorded:
-            raise RunDirError(f"{run.path}: Tune recorded a checkpoint at env step {recorded} for trial {name} "
-                              f"but the run directory's checkpoint.pt is "
-                              f"{'missing' if state is None else 'at ' + str(state['env_steps'])}")
-    if state is None:
-        clear_run(run)
-    elif state["env_steps"] >= cfg.total_steps:  # finished before the study's driver stopped
-        tune.report({**run.read_metrics()[-1], NODE_KEY: ray.get_runtime_context().get_node_id()})
+        behind = {s: (None if states is None else states[s]["env_steps"]) for s in trial.seeds}
+        if any(step is None or step < recorded for step in behind.values()):
+            found = ", ".join(f"seed{s} {'missing' if n is None else 'at ' + str(n)}" for s, n in behind.items())
+            raise RunDirError(f"{trial.path}: Tune recorded a checkpoint at env step {recorded} for trial {name} "
+                              f"but the run directory's checkpoint.pt is {found}")
+    if states is None:
+        clear_run(trial.path)
+    elif min(state["env_steps"] for state in states.values()) >= cfg.total_steps:
+        # finished before the study's driver stopped
+        tune.report(tune_result(trial.last_records(), ray.get_runtime_context().get_node_id()))
         return
 
-    hooks = [TuneReporter(full_snapshots=not shared)]
+    reporter = TuneReporter(trial, full_snapshots=not shared)
+    loggers = {seed: [] for seed in trial.seeds}
     options = WandbOptions(**{**settings["wandb"], "tags": tuple(settings["wandb"]["tags"])})
     if options.mode != "disabled":
         options.group = options.group or settings["study"]
-        extra = {"study": settings["study"], "trial": name, "variant": cell["variant"],
-                 **{f"search/{k}": v for k, v in search.items()}}
-        hooks.append(WandbLogger(options, name, stable_run_id(settings["study_id"], name), extra))
-    train(cfg, str(run.path), resume=state is not None, progress=False, checkpoint=state, hooks=hooks)
+        for seed in trial.seeds:
+            run_name = name if len(trial.seeds) == 1 else f"{name}-seed{seed}"
+            extra = {"study": settings["study"], "trial": name, "variant": cell["variant"],
+                     **{f"search/{k}": v for k, v in search.items()}}
+            loggers[seed].append(WandbLogger(options, run_name, stable_run_id(settings["study_id"], run_name), extra))
+    resume = states is not None
+    if len(trial.seeds) == 1:
+        seed = trial.seeds[0]
+        hooks = [SingleRunReporter(reporter, seed)] + loggers[seed]
+        train(cfg, str(trial.path), resume=resume, progress=False, checkpoint=states and states[seed], hooks=hooks)
+    else:
+        train_group(cfg, trial.seeds, str(trial.path), resume=resume, progress=False, checkpoints=states,
+                    hooks=loggers, group_hooks=[reporter])
