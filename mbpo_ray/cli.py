@@ -170,7 +170,7 @@ def _resume_group(args, group: GroupDirectory) -> int:
         apply_overrides(cfg, overrides)
         validate(cfg)
     seeds = list(configs)
-    checkpoints = {seed: group.lane(seed).load_checkpoint() for seed in seeds}  # clear errors first
+    checkpoints = group.load_checkpoints(seeds)  # clear errors first
     done = min(c["env_steps"] for c in checkpoints.values())
     cfg = configs[seeds[0]]
     if done >= cfg.total_steps:

@@ -84,11 +84,28 @@ class RunDirectory:
     # --- checkpoints ---
     # torch is imported here, not at the top: the CLI reads configs before torch is loaded.
     def save_checkpoint(self, state: Dict[str, Any]) -> None:
+        self._save_state(state, self.checkpoint_path)
+
+    @property
+    def staged_checkpoint_path(self) -> Path:
+        """A checkpoint written but not yet in force: a seed group writes every seed's before it
+        replaces any seed's checkpoint.pt (mbpo_ray.seeds.GroupDirectory)."""
+        return self.path / "checkpoint.pt.next"
+
+    def stage_checkpoint(self, state: Dict[str, Any]) -> None:
+        self._save_state(state, self.staged_checkpoint_path)
+
+    def commit_checkpoint(self) -> None:
+        """The staged checkpoint becomes checkpoint.pt."""
+        os.replace(self.staged_checkpoint_path, self.checkpoint_path)
+
+    @staticmethod
+    def _save_state(state: Dict[str, Any], path: Path) -> None:
         import torch
 
-        tmp = self.checkpoint_path.with_suffix(".pt.tmp")
+        tmp = path.with_name(path.name + ".tmp")
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        os.replace(tmp, path)
 
     def load_checkpoint(self) -> Dict[str, Any]:
         path = self.checkpoint_path

@@ -34,8 +34,8 @@ from mbpo_ray.errors import RunDirError
 from mbpo_ray.precision import autocast
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seeds import GroupDirectory, check_group_config, format_seeds
-from mbpo_ray.train import (Progress, TrainHook, TrainResult, checkpoint_due, rng_state, save_checkpoint,
-                            seed_everything, set_rng_state, stop_on_signals)
+from mbpo_ray.train import (Progress, TrainHook, TrainResult, checkpoint_due, checkpoint_state, keep_networks,
+                            rng_state, seed_everything, set_rng_state, stop_on_signals)
 
 
 class GroupHook:
@@ -150,11 +150,16 @@ class SeedGroup:
                 lane.runtime.metrics.add(row)
         self.stacked.write_back()
 
-    def save_checkpoints(self, keep_copy: bool = False) -> None:
+    def save_checkpoints(self, group_dir: GroupDirectory, keep_copy: bool = False) -> None:
+        """Every seed's checkpoint.pt, replaced together (``GroupDirectory.commit_checkpoints``)."""
         self.stacked.save_to_agents()
         for lane in self.lanes:
             with lane.random.active():
-                save_checkpoint(lane.run, lane.algo, keep_copy)
+                state = checkpoint_state(lane.algo)
+            lane.run.stage_checkpoint(state)
+            if keep_copy:
+                keep_networks(lane.run, state)
+        group_dir.commit_checkpoints([lane.seed for lane in self.lanes])
 
 @dataclass
 class GroupResult:
@@ -194,7 +199,7 @@ def _train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool,
     group_dir = GroupDirectory(out_dir)
     if resume:
         if checkpoints is None:  # all read (and checked) before anything changes
-            checkpoints = {seed: group_dir.lane(seed).load_checkpoint() for seed in seeds}
+            checkpoints = group_dir.load_checkpoints(seeds)
         steps = {seed: c["env_steps"] for seed, c in checkpoints.items()}
         if len(set(steps.values())) != 1:
             raise RunDirError(f"--resume {out_dir}: the seeds' checkpoints are at different env steps "
@@ -261,7 +266,7 @@ def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, sto
                 epochs_done += 1
                 saved, keep_copy = checkpoint_due(cfg, epochs_done, records[0])
                 if saved:
-                    group.save_checkpoints(keep_copy)
+                    group.save_checkpoints(group_dir, keep_copy)
                 if bar is not None:
                     mean = float(np.mean([r["eval/return_mean"] for r in records]))
                     bar.epoch(group.env_steps, {**records[0], "eval/return_mean": mean})
@@ -272,7 +277,7 @@ def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, sto
                     group_hook.epoch({lane.seed: record for lane, record in zip(lanes, records)}, saved)
             if stop.requested or (stop_at is not None and group.env_steps >= stop_at):
                 if group.env_steps < cfg.total_steps:
-                    group.save_checkpoints()
+                    group.save_checkpoints(group_dir)
                     stopped_early = True
                 break
     if bar is not None:

@@ -2,8 +2,9 @@
 the command line checks before torch is imported; the training is mbpo_ray.seed_group's."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import yaml
 
@@ -12,6 +13,9 @@ from mbpo_ray.errors import ConfigError, RunDirError
 from mbpo_ray.run_dir import RunDirectory
 
 GROUP_FILE = "group.yaml"
+# Written once every seed's checkpoint is staged, removed once all are in force: a group's
+# checkpoints change together (GroupDirectory.save_checkpoints).
+COMMIT_FILE = "group.commit"
 GROUP_ALGOS = ("mbpo", "sac")  # the learners whose update can be stacked (SAC's)
 MAX_SEEDS = 64
 
@@ -70,6 +74,41 @@ class GroupDirectory:
         self.check_new()
         self.path.mkdir(parents=True, exist_ok=True)
         self.group_file.write_text(yaml.safe_dump({"seeds": list(seeds)}))
+
+    @property
+    def commit_file(self) -> Path:
+        return self.path / COMMIT_FILE
+
+    def commit_checkpoints(self, seeds: List[int]) -> None:
+        """Every seed's checkpoint.pt replaced together. The caller has staged each seed's new
+        checkpoint beside its old one (``RunDirectory.stage_checkpoint``); then the commit file
+        is written and each new checkpoint takes its old one's place. A process killed at any
+        point leaves a group that ``finish_interrupted_save`` brings to all-old (before the
+        commit file exists) or all-new (after)."""
+        tmp = self.commit_file.with_name(COMMIT_FILE + ".tmp")
+        tmp.write_text(yaml.safe_dump({"seeds": list(seeds)}))
+        os.replace(tmp, self.commit_file)
+        for seed in seeds:
+            self.lane(seed).commit_checkpoint()
+        self.commit_file.unlink()
+
+    def finish_interrupted_save(self) -> None:
+        """Complete or undo a ``save_checkpoints`` that a killed process left half done."""
+        if self.commit_file.is_file():
+            for seed in self.seeds():
+                if self.lane(seed).staged_checkpoint_path.is_file():
+                    self.lane(seed).commit_checkpoint()
+            self.commit_file.unlink()
+        for seed in self.seeds():
+            for leftover in (self.lane(seed).staged_checkpoint_path,
+                             self.lane(seed).staged_checkpoint_path.with_name("checkpoint.pt.next.tmp")):
+                if leftover.is_file():
+                    leftover.unlink()
+
+    def load_checkpoints(self, seeds: List[int]) -> Dict[int, Dict[str, Any]]:
+        """The seeds' checkpoints, after finishing a save that a killed process left half done."""
+        self.finish_interrupted_save()
+        return {seed: self.lane(seed).load_checkpoint() for seed in seeds}
 
     def seeds(self) -> List[int]:
         try:

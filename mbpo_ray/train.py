@@ -100,12 +100,23 @@ class TrainHook:
 def save_checkpoint(run: RunDirectory, algo: Algorithm, keep_copy: bool = False) -> None:
     """Write checkpoint.pt; ``keep_copy`` also keeps the networks as checkpoints/step_N.pt
     (``keep_checkpoints_every``, docs/diagnostics.md)."""
-    state = {"env_steps": algo.env_steps, "algorithm": algo.state_dict(), "rng": rng_state()}
+    state = checkpoint_state(algo)
     run.save_checkpoint(state)
     if keep_copy:
-        from mbpo_ray.diagnostics.load import networks_of_state
+        keep_networks(run, state)
 
-        run.save_snapshot(algo.env_steps, networks_of_state(state["algorithm"]))
+
+def checkpoint_state(algo: Algorithm) -> Dict[str, Any]:
+    """What checkpoint.pt holds (besides its format): the algorithm's state at its env step and
+    the global random streams."""
+    return {"env_steps": algo.env_steps, "algorithm": algo.state_dict(), "rng": rng_state()}
+
+
+def keep_networks(run: RunDirectory, state: Dict[str, Any]) -> None:
+    """Keep the networks of checkpoint ``state`` as checkpoints/step_N.pt."""
+    from mbpo_ray.diagnostics.load import networks_of_state
+
+    run.save_snapshot(state["env_steps"], networks_of_state(state["algorithm"]))
 
 
 def checkpoint_due(cfg: TrainConfig, epochs_done: int, record: Dict[str, Any]) -> Tuple[bool, bool]:

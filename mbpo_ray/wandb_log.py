@@ -59,6 +59,24 @@ def resolve_mode(mode: str, environ: Mapping[str, str] = os.environ) -> str:
     return mode
 
 
+SERVICE_VARIABLE = "WANDB_SERVICE"
+
+
+def own_service(environ=os.environ) -> None:
+    """Let this process's W&B runs go through a wandb-core service of its own. wandb passes its
+    service to child processes in WANDB_SERVICE (``<version>-<pid of its owner>-...``), so a
+    sweep trial's process (a Ray worker) inherits the service of whatever process started Ray
+    (a notebook, a test session); a killed trial's run stays open there, and the restarted
+    trial could not continue its W&B run ("run ID ... is in use"). A service this process
+    started itself is kept."""
+    token = environ.get(SERVICE_VARIABLE)
+    if token is None:
+        return
+    parts = token.split("-")
+    if len(parts) < 2 or parts[1] != str(os.getpid()):
+        del environ[SERVICE_VARIABLE]
+
+
 def existing_run_id(run_dir: Path) -> Optional[str]:
     """The id of the newest W&B run in ``RUN/wandb/`` (a resumed run continues it)."""
     folder = Path(run_dir) / "wandb"

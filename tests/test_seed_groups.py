@@ -131,6 +131,9 @@ def test_group_layout_is_one_run_directory_per_seed(group_runs):
     # two seeds, two different runs
     three, four = (comparable(group.lane(s).read_metrics()) for s in (3, 4))
     assert three != four
+    # a finished save leaves no staged checkpoint and no commit file
+    assert sorted(p.name for p in group.path.iterdir()) == ["group.yaml", "seed3", "seed4"]
+    assert not list(group.path.rglob("*.next"))
 
 
 def test_a_seed_in_a_group_matches_the_seed_alone(group_runs):
@@ -240,3 +243,39 @@ def test_group_wandb_runs_are_grouped_by_the_folder_unless_told(tmp_path):
         assert [(h[0].name, h[0].options.group) for h in hooks.values()] == [
             ("sac-Hopper-v5-seed0", group), ("sac-Hopper-v5-seed5", group)]
     assert group_hooks(build_parser().parse_args(["train"]), cfg, [0, 5], str(tmp_path / "x")) == {}
+
+
+class Killed(Exception):
+    """Stands for the process being killed at that point."""
+
+
+@pytest.mark.parametrize("killed_in", ["stage", "commit"])
+def test_a_group_killed_while_saving_resumes_with_every_seed_at_one_step(killed_in, tmp_path, monkeypatch):
+    cfg = make_config("InvertedPendulum-v5", tiny_overrides())
+    out = tmp_path / "g"
+    train_group(cfg, [3, 4], str(out), progress=False, stop_at=200)
+    group = GroupDirectory(out)
+    assert {c["env_steps"] for c in group.load_checkpoints([3, 4]).values()} == {200}
+    # the save at 400 dies at its second seed: while writing the new checkpoints ("stage"), or
+    # while putting them in place ("commit", after the commit file)
+    original, calls = getattr(RunDirectory, f"{killed_in}_checkpoint"), []
+
+    def dies_the_second_time(self, *args):
+        calls.append(self.path.name)
+        if len(calls) == 2:
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(RunDirectory, f"{killed_in}_checkpoint", dies_the_second_time)
+    with pytest.raises(Killed):
+        train_group(cfg, [3, 4], str(out), resume=True, progress=False, stop_at=400)
+    monkeypatch.undo()
+    on_disk = {p.name for p in out.rglob("*")}
+    assert ("checkpoint.pt.next" in on_disk) and (("group.commit" in on_disk) == (killed_in == "commit"))
+    # all old before the commit file, all new after it; nothing left over
+    steps = {c["env_steps"] for c in group.load_checkpoints([3, 4]).values()}
+    assert steps == {200 if killed_in == "stage" else 400}
+    assert not [p for p in out.rglob("*") if p.name in ("checkpoint.pt.next", "group.commit")]
+    assert train_group(cfg, [3, 4], str(out), resume=True, progress=False).completed
+    for seed in (3, 4):
+        assert [r["env_steps"] for r in group.lane(seed).read_metrics()] == [200, 400, 600]

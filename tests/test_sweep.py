@@ -49,18 +49,23 @@ def ray_cluster():
     # Trial workers inherit the environment Ray starts with: a fake W&B key, which the offline
     # runs below must neither use nor write anywhere. 8 logical CPUs: a Ray-runtime trial's
     # group (5) beside a local trial; they mostly wait on each other.
-    saved = os.environ.get("WANDB_API_KEY")
+    # They also inherit a W&B service token of this process, as they would from a notebook that
+    # used wandb before starting the sweep: here one of no live service, so a trial that used
+    # it instead of starting its own (wandb_log.own_service) fails.
+    saved = os.environ.get("WANDB_API_KEY"), os.environ.get("WANDB_SERVICE")
     os.environ["WANDB_API_KEY"] = FAKE_KEY
+    os.environ["WANDB_SERVICE"] = f"3-{os.getpid()}-unix-/nonexistent/wandb-service.sock"
     ray.init(address="local", num_cpus=CLUSTER_CPUS, object_store_memory=128 * 1024 * 1024,
              include_dashboard=False, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-        if saved is None:
-            os.environ.pop("WANDB_API_KEY", None)
-        else:
-            os.environ["WANDB_API_KEY"] = saved
+        for name, value in zip(("WANDB_API_KEY", "WANDB_SERVICE"), saved):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def write_study(folder: Path, body: str, name: str) -> Path:

@@ -5,6 +5,7 @@ offline mode: the run's files, a resume continuing the same W&B run, and no API 
 file."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -129,3 +130,14 @@ def test_train_wandb_offline_writes_its_run_and_a_resume_continues_it(tmp_path, 
         assert text.encode() in data, text
     files = [p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()]
     assert [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()] == []
+
+
+def test_a_process_drops_a_wandb_service_it_did_not_start():
+    from mbpo_ray.wandb_log import own_service
+
+    inherited = {"WANDB_SERVICE": "3-1-unix-/tmp/other.sock", "OTHER": "x"}
+    own_service(inherited)
+    assert inherited == {"OTHER": "x"}
+    mine = {"WANDB_SERVICE": f"3-{os.getpid()}-tcp-localhost-4711"}
+    own_service(mine)
+    assert mine == {"WANDB_SERVICE": f"3-{os.getpid()}-tcp-localhost-4711"}

@@ -38,7 +38,7 @@ from mbpo_ray.seed_group import GroupHook, train_group
 from mbpo_ray.seeds import GroupDirectory
 from mbpo_ray.train import TrainHook, train
 from mbpo_ray.tune.study import trial_bundles, trial_config
-from mbpo_ray.wandb_log import WandbLogger, WandbOptions, stable_run_id
+from mbpo_ray.wandb_log import WandbLogger, WandbOptions, own_service, stable_run_id
 
 SNAPSHOT_PREFIX = ".tune-checkpoint-"
 SNAPSHOT_METRICS = "metrics-snapshot.jsonl"
@@ -95,6 +95,8 @@ class TrialRuns:
     def load_checkpoints(self) -> Optional[Dict[int, Dict[str, Any]]]:
         """Every run's checkpoint, or None when some run has none (the trial starts afresh)."""
         runs = self.runs()
+        if self.group is not None and self.group.is_group():
+            self.group.finish_interrupted_save()
         if not all(run.checkpoint_path.is_file() for run in runs.values()):
             return None
         return {seed: run.load_checkpoint() for seed, run in runs.items()}
@@ -242,6 +244,7 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     loggers = {seed: [] for seed in trial.seeds}
     options = WandbOptions(**{**settings["wandb"], "tags": tuple(settings["wandb"]["tags"])})
     if options.mode != "disabled":
+        own_service()
         options.group = options.group or settings["study"]
         for seed in trial.seeds:
             run_name = name if len(trial.seeds) == 1 else f"{name}-seed{seed}"
