@@ -66,6 +66,9 @@ class ModelConfig:
     termination_max_epochs: int = 50
     """Largest number of epochs of one fit of the termination classifier (it also stops early,
     as the ensemble does)."""
+    compile: bool = False
+    """torch.compile the ensemble's training loss (forward, Gaussian NLL, weight decay) of each
+    fit step (for GPUs; slow to warm up on a CPU)."""
 
 
 @dataclass
@@ -92,7 +95,7 @@ class SACConfig:
     replay_size: int = 1_000_000
     """Capacity of D_env (capped at total_steps)."""
     compile: bool = False
-    """torch.compile the update (worth it on a GPU; slow to warm up on a CPU)."""
+    """torch.compile the update's losses (worth it on a GPU; slow to warm up on a CPU)."""
 
 
 @dataclass

@@ -26,6 +26,10 @@ class EnsembleTrainer:
     def __init__(self, model: ProbabilisticEnsemble, cfg: ModelConfig):
         self.model, self.cfg = model, cfg
         self.optimizer = make_adam(model.parameters(), cfg.learning_rate)
+        # model.compile: the step's loss compiled (its backward too, by torch.compile's autograd
+        # support); the batch size varies only in each fit's last batch, so after the first
+        # fits torch.compile settles on a shape-generic graph instead of recompiling.
+        self._step_loss = torch.compile(self.loss) if cfg.compile else self.loss
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """inputs [E, B, in], targets [E, B, out] (each member its own bootstrap batch)."""
@@ -87,7 +91,7 @@ class EnsembleTrainer:
             loss_sum = torch.zeros((), device=inputs.device)
             for b in range(num_batches):
                 batch = idx[:, b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                loss = self.loss(train_in[batch], train_tg[batch])
+                loss = self._step_loss(train_in[batch], train_tg[batch])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
