@@ -34,7 +34,7 @@ import torch
 state = torch.load("/tmp/gpu_run/checkpoint.pt", map_location="cpu", weights_only=False)
 print("checkpoint env_steps", state["env_steps"])
 PY
-python3 benchmarks/hot_paths.py --label after --device cuda --threads 4 --out "$OUT/hot_paths_after.json" 2>&1 | tail -25
+python3 benchmarks/hot_paths.py --label after --device cuda --threads 4 --compiled --out "$OUT/hot_paths_after.json" 2>&1 | tail -27
 if [ -d .before ]; then
   PYTHONPATH=$PWD/.before:${PYTHONPATH#$PWD:} python3 benchmarks/hot_paths.py --label before --device cuda --threads 4 \
     --out "$OUT/hot_paths_before.json" 2>&1 | tail -25
@@ -44,3 +44,5 @@ python3 benchmarks/precision.py --device cuda --out "$OUT/precision_cuda.json" 2
 # seed groups (docs/seed_groups.md): the stacked SAC update and the whole loop (Hopper preset, warm-up cut
 # to 1,000 random steps, 1,000 learning steps) for 1, 4 and 8 seeds per process
 python3 benchmarks/seed_groups.py --device cuda --threads 4 --warmup 1000 --steps 1000 --out "$OUT/seed_groups_cuda.json" 2>&1 | tail -8
+# eager against compiled (sac.compile, model.compile): the SAC update and a fit epoch
+(cd benchmarks && python3 compiled.py --device cuda --threads 4 --out "../$OUT/compiled_cuda.json" 2>&1 | tail -4)

@@ -45,11 +45,11 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def sac_update_ms(device: torch.device, repeats: int, updates: int = 300) -> float:
+def sac_update_ms(device: torch.device, repeats: int, updates: int = 300, compiled: bool = False) -> float:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     obs_dim, act_dim, n, batch = 11, 3, 10_000, 256
-    agent = SAC(obs_dim, act_dim, SACConfig(batch_size=batch), device)
+    agent = SAC(obs_dim, act_dim, SACConfig(batch_size=batch, **({"compile": True} if compiled else {})), device)
     buf = ReplayBuffer(obs_dim, act_dim, n, device)
     buf.add(rng.standard_normal((n, obs_dim)).astype(np.float32), rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
             rng.standard_normal(n).astype(np.float32), rng.standard_normal((n, obs_dim)).astype(np.float32),
@@ -86,10 +86,11 @@ def rollouts_per_s(device: torch.device, repeats: int, start_states: int = 100_0
         return out
 
 
-def fit_epoch_ms(device: torch.device, repeats: int, sizes=(10_000, 50_000)) -> dict:
+def fit_epoch_ms(device: torch.device, repeats: int, sizes=(10_000, 50_000), compiled: bool = False) -> dict:
     """One epoch of the ensemble's fit (the Hopper preset's model: 7 members of 4 x 200, batch
     256) on n synthetic Hopper-sized transitions, its holdout check included."""
-    cfg = make_config("Hopper-v5", {"device": str(device), "model.max_fit_epochs": 1}).model
+    cfg = make_config("Hopper-v5", {"device": str(device), "model.max_fit_epochs": 1,
+                                    **({"model.compile": True} if compiled else {})}).model
     out = {}
     for n in sizes:
         torch.manual_seed(0)
@@ -122,6 +123,9 @@ def main():
     parser.add_argument("--loop-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time the compiled SAC update and fit epoch (sac.compile, model.compile; "
+                             "source trees that have both)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -136,6 +140,9 @@ def main():
               "rollout_transitions_per_s": rollouts_per_s(device, args.repeats),
               "fit_epoch_ms": fit_epoch_ms(device, args.repeats),
               "loop_ms_per_env_step": loop_ms_per_step(device, args.loop_steps)}
+    if args.compiled:
+        result["sac_update_ms_compiled"] = sac_update_ms(device, args.repeats, compiled=True)
+        result["fit_epoch_ms_compiled"] = fit_epoch_ms(device, args.repeats, compiled=True)
     print(json.dumps(result, indent=2), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
