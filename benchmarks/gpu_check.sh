@@ -45,4 +45,4 @@ python3 benchmarks/precision.py --device cuda --out "$OUT/precision_cuda.json" 2
 # to 1,000 random steps, 1,000 learning steps) for 1, 4 and 8 seeds per process
 python3 benchmarks/seed_groups.py --device cuda --threads 4 --warmup 1000 --steps 1000 --out "$OUT/seed_groups_cuda.json" 2>&1 | tail -8
 # eager against compiled (sac.compile, model.compile): the SAC update and a fit epoch
-(cd benchmarks && python3 compiled.py --device cuda --threads 4 --out "../$OUT/compiled_cuda.json" 2>&1 | tail -4)
+python3 benchmarks/compiled.py --device cuda --threads 4 --out "$OUT/compiled_cuda.json" 2>&1 | tail -4
