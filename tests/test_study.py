@@ -76,6 +76,9 @@ def test_shipped_studies_match_the_issue():
                        "Ant-v5": 300_000, "Humanoid-v5": 300_000}
     search = load_study(REPO / "tune_configs/hparam_search.yaml")
     assert search.scheduler == "asha" and search.envs == ["Hopper-v5"] and search.search
+    packed = load_study(REPO / "tune_configs/packed_seeds.yaml")
+    assert [(c.algo, c.env, c.seeds) for c in cells(packed)] == [
+        (algo, env, list(range(8))) for env in ("Hopper-v5", "Walker2d-v5") for algo in ("mbpo", "sac")]
 
 
 # --- malformed studies: (change to BASE, expected start of the error, more fragments) ----------
