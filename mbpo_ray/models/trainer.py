@@ -29,7 +29,7 @@ class EnsembleTrainer:
         # model.compile: the step's loss compiled (its backward too, by torch.compile's autograd
         # support); the batch size varies only in each fit's last batch, so after the first
         # fits torch.compile settles on a shape-generic graph instead of recompiling.
-        self._step_loss = torch.compile(self.loss) if cfg.compile else self.loss
+        self._compiled_loss = torch.compile(self.loss) if cfg.compile else None
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """inputs [E, B, in], targets [E, B, out] (each member its own bootstrap batch)."""
@@ -84,6 +84,7 @@ class EnsembleTrainer:
         best = torch.full((E,), math.inf)
         epochs_since_improvement, epoch, train_loss = 0, 0, float("nan")
         num_batches = max(1, math.ceil(n_train / cfg.batch_size))
+        step_loss = self.loss if self._compiled_loss is None else self._compiled_loss
         while True:
             # Each member sees its own bootstrap resample, freshly shuffled every epoch.
             shuffle = torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1)
@@ -91,7 +92,7 @@ class EnsembleTrainer:
             loss_sum = torch.zeros((), device=inputs.device)
             for b in range(num_batches):
                 batch = idx[:, b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                loss = self._step_loss(train_in[batch], train_tg[batch])
+                loss = step_loss(train_in[batch], train_tg[batch])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
