@@ -1,8 +1,10 @@
 """Throughput of seed groups (`mbpo-ray train --seeds`, docs/seed_groups.md): 1, 4 and 8 seeds
 per process with the Hopper-v5 preset, on the CPU or a GPU (``--device``).
 
-Two figures per group size:
+Three figures per group size:
   * the stacked SAC update: ms per update of all seeds, and per seed (1 seed: SAC.update alone);
+  * the stacked model fit: ms per fit epoch of all seeds (``--fit-size`` transitions each, the
+    preset's ensemble), stacked (``StackedFit``) and as separate fits one after another;
   * the whole loop: wall-clock per env step of the group after a shortened random warm-up
     (``--warmup`` steps, the preset's 5,000 cut), over ``--steps`` learning steps (one model fit
     and one rollout batch per 250 steps, as the preset has them), from the runs' own
@@ -24,6 +26,8 @@ import torch
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.agents.stacked import StackedUpdate
 from mbpo_ray.config import SACConfig, make_config
+from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+from mbpo_ray.models.stacked_fit import StackedFit
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seed_group import train_group
 from mbpo_ray.train import train
@@ -67,6 +71,35 @@ def update_ms(num_seeds: int, device: torch.device, updates: int) -> float:
     return best * 1e3
 
 
+def fit_epoch_ms(num_seeds: int, device: torch.device, size: int, epochs: int = 3) -> dict:
+    """ms per fit epoch of ``num_seeds`` Hopper-sized ensembles on ``size`` transitions each:
+    stacked and separate (each fit runs exactly ``epochs`` epochs; the best of 2 rounds)."""
+    model_cfg = make_config("Hopper-v5", {"model.max_fit_epochs": epochs, "model.early_stop_patience": 10 ** 6}).model
+    in_dim = OBS_DIM + ACT_DIM
+    data = [(torch.randn(size, in_dim, device=device), torch.randn(size, OBS_DIM + 1, device=device))
+            for _ in range(num_seeds)]
+
+    def trainers():
+        return [EnsembleTrainer(ProbabilisticEnsemble(OBS_DIM, ACT_DIM, model_cfg).to(device), model_cfg)
+                for _ in range(num_seeds)]
+
+    def timed(fn) -> float:
+        best = float("inf")
+        for _ in range(2):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        return best * 1e3 / epochs
+
+    separate = trainers()
+    stacked = StackedFit(trainers())
+    return {"seeds": num_seeds, "transitions": size,
+            "separate_ms_per_epoch": timed(lambda: [t.fit(*d) for t, d in zip(separate, data)]),
+            "stacked_ms_per_epoch": timed(lambda: stacked.fit(data))}
+
+
 def loop_ms_per_step(num_seeds: int, device: str, warmup: int, steps: int, root: Path) -> dict:
     cfg = make_config("Hopper-v5", {"total_steps": warmup + steps, "device": device, "eval_episodes": 1,
                                     "mbpo.init_random_steps": warmup, "mbpo.epoch_length": warmup})
@@ -96,6 +129,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=100, help="updates per timing round")
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=250, help="learning steps timed")
+    parser.add_argument("--fit-size", type=int, default=10000, help="transitions per seed in the fit timing")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/seed_groups_cpu.json")
@@ -111,12 +145,17 @@ def main() -> None:
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "torch": torch.__version__,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "sac_update": [], "loop": [],
+        "sac_update": [], "model_fit": [], "loop": [],
     }
     for n in args.seeds:
         ms = update_ms(n, device, args.updates)
         result["sac_update"].append({"seeds": n, "ms_per_update": ms, "ms_per_seed": ms / n})
         print(f"SAC update, {n} seed(s): {ms:.2f} ms ({ms / n:.2f} ms per seed)", flush=True)
+    for n in args.seeds:
+        row = fit_epoch_ms(n, device, args.fit_size)
+        result["model_fit"].append(row)
+        print(f"model fit epoch, {n} seed(s) x {args.fit_size}: stacked {row['stacked_ms_per_epoch']:.0f} ms, "
+              f"separate {row['separate_ms_per_epoch']:.0f} ms", flush=True)
     if not args.skip_loop:
         with tempfile.TemporaryDirectory() as tmp:
             for n in args.seeds:

@@ -49,16 +49,25 @@ class StackedMLP(nn.Module):
 
         ``detach_params`` evaluates the networks without building gradients for their
         parameters (SAC's policy loss differentiates through Q into the actions only).
+        Weights stacked along a leading seed dimension (a seed group's stacked fit,
+        mbpo_ray.models.stacked_fit: [S, E, in, out], x [S, E, B, in]) run as S*E members.
         """
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.num_members, -1, -1)
+        seeds = x.shape[:-3]
+        if seeds:
+            x = x.flatten(0, len(seeds))
         last = self.num_layers - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             if detach_params:
                 w, b = w.detach(), b.detach()
+            if seeds:
+                w, b = w.flatten(0, len(seeds)), b.flatten(0, len(seeds))
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = self.activation(x)
+        if seeds:
+            x = x.unflatten(0, (*seeds, -1))
         return full_precision(x)
 
     def forward_member(self, x: torch.Tensor, member: int) -> torch.Tensor:

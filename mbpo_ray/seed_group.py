@@ -6,7 +6,8 @@ and its own run directory, ``OUT/seed<N>/``, in a single run's layout: config.ya
 metrics.jsonl, checkpoint.pt (a single run's checkpoint: any seed can also be resumed alone),
 curve.png. ``OUT/group.yaml`` names the seeds. The seeds advance in lockstep, one env step each
 in turn; their agent updates, the hot path (G per env step), run as one stacked update
-(``mbpo_ray.agents.stacked``): one batched matmul per layer for all seeds.
+(``mbpo_ray.agents.stacked``) and their model fits as one stacked fit
+(``mbpo_ray.models.stacked_fit``): one batched matmul per layer for all seeds.
 
 Random streams: each seed's global RNG state (Python, NumPy, torch, CUDA) is swapped in while
 that seed works and out after, so a seed draws exactly the numbers it draws alone; only the
@@ -31,6 +32,8 @@ from mbpo_ray.config import TrainConfig, validate
 from mbpo_ray.devices import resolve_device
 from mbpo_ray.envs import prepare_config
 from mbpo_ray.errors import RunDirError
+from mbpo_ray.models.stacked_fit import StackedFit
+from mbpo_ray.models.targets import fit_data_from_buffer
 from mbpo_ray.precision import autocast
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seeds import GroupDirectory, check_group_config, format_seeds
@@ -51,6 +54,14 @@ class GroupHook:
 
     def close(self) -> None:
         """Always called last, also when the group ends with an exception."""
+
+
+def stacks_fits(setting: str, device: torch.device) -> bool:
+    """``model.stacked_fit``: whether a group fits its seeds' ensembles as one stacked fit. On
+    auto, only on CUDA: on a CPU the stacked fit was slower than the seeds' fits one after another
+    (benchmarks/results/seed_groups/cpu.json: the S-fold larger activations fall out of the
+    caches, so the same matmuls and elementwise ops run slower per element)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 class LaneRandom:
@@ -109,6 +120,8 @@ class SeedGroup:
         runtime = lanes[0].runtime
         self.device, self.precision = runtime.device, runtime.precision
         self.stacked = StackedUpdate([lane.runtime.agent for lane in lanes])
+        stacked = stacks_fits(self.cfg.model.stacked_fit, self.device) and lanes[0].loop.uses_model
+        self.stacked_fit = StackedFit([lane.runtime.model_trainer for lane in lanes]) if stacked else None
 
     @property
     def env_steps(self) -> int:
@@ -116,9 +129,10 @@ class SeedGroup:
 
     def step(self) -> List[Optional[Dict[str, Any]]]:
         """One env step of every seed; each seed's epoch record (None where none ended)."""
-        for lane in self.lanes:
+        fits = self.fit_models()
+        for lane, fit in zip(self.lanes, fits):
             with lane.random.active():
-                lane.loop.advance()
+                lane.loop.advance(fit)
         due = {lane.loop.updates_due() for lane in self.lanes}
         if due == {True}:
             started = time.perf_counter()
@@ -133,6 +147,30 @@ class SeedGroup:
             with lane.random.active():
                 records.append(lane.loop.finish_step())
         return records
+
+    def fit_models(self) -> List[Optional[Dict[str, float]]]:
+        """The model fits of every seed when due (else Nones), as one stacked fit
+        (``mbpo_ray.models.stacked_fit``); each seed draws its fit's random numbers from its own
+        stream and then fits its learned termination (if any) as it does alone."""
+        due = {lane.loop.fit_due() for lane in self.lanes}
+        if due == {False} or self.stacked_fit is None:  # each seed fits alone in its step
+            return [None] * len(self.lanes)
+        if due != {True}:
+            raise RuntimeError("the seeds of a group left lockstep (some fit their model, others do not)")
+        started = time.perf_counter()
+        new_data = [lane.runtime.new_data_mse() for lane in self.lanes]
+        data = [fit_data_from_buffer(lane.runtime.real_buffer) for lane in self.lanes]
+        with autocast(self.device, self.precision):
+            fitted = self.stacked_fit.fit(data, [lane.random.torch_active for lane in self.lanes])
+        share = (time.perf_counter() - started) / len(self.lanes)
+        out = []
+        for lane, metrics, new in zip(self.lanes, fitted, new_data):
+            started = time.perf_counter()
+            with lane.random.active():
+                out.append(lane.runtime.model_fit_done(metrics, new))
+            # each seed's perf/model_seconds: its share of the stacked fit, and its own rest
+            lane.loop.timer.add("model", share + time.perf_counter() - started)
+        return out
 
     def update_agents(self) -> None:
         """``mbpo.updates_per_step`` updates of every seed, stacked; each seed draws its batch

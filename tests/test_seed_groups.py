@@ -23,6 +23,9 @@ from mbpo_ray.train import train
 # machines we measured; 1e-3 leaves room for other CPUs while any real difference (another
 # batch, other noise, a wrong seed) shows as O(1) (checked below).
 RTOL = 1e-3
+# The group fixture's seeds also fit their ensembles as one stacked fit (mbpo_ray.models.stacked_fit),
+# which a CPU run leaves off by default (model.stacked_fit auto), so that CI runs it.
+GROUP_OVERRIDES = tiny_overrides(**{"model.stacked_fit": "on"})
 
 
 @pytest.mark.parametrize("spec, seeds", [("0-3", [0, 1, 2, 3]), ("0,2,5", [0, 2, 5]), ("0-2,8,10-11", [0, 1, 2, 8, 10, 11])])
@@ -112,9 +115,9 @@ def group_runs(tmp_path_factory):
     """Seeds 3 and 4 as a group, and seed 4 alone (tiny_config's settings)."""
     root = tmp_path_factory.mktemp("groups")
     torch.set_num_threads(1)
-    cfg = make_config("InvertedPendulum-v5", tiny_overrides())
+    cfg = make_config("InvertedPendulum-v5", GROUP_OVERRIDES)
     train_group(cfg, [3, 4], str(root / "group"), progress=False)
-    alone = make_config("InvertedPendulum-v5", {**tiny_overrides(), "seed": 4})
+    alone = make_config("InvertedPendulum-v5", {**GROUP_OVERRIDES, "seed": 4})
     train(alone, str(root / "alone"), progress=False)
     return root
 
@@ -148,7 +151,7 @@ def test_a_seed_in_a_group_matches_the_seed_alone(group_runs):
 
 
 def test_group_resume_ends_where_the_uninterrupted_group_ends(group_runs, tmp_path):
-    cfg = make_config("InvertedPendulum-v5", tiny_overrides())
+    cfg = make_config("InvertedPendulum-v5", GROUP_OVERRIDES)
     part = train_group(cfg, [3, 4], str(tmp_path / "g"), progress=False, stop_at=333)
     assert not part.completed and part.env_steps == 333
     group = GroupDirectory(tmp_path / "g")

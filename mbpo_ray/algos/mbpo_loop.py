@@ -63,13 +63,19 @@ class MBPOLoop:
 
     # The three parts of a step, apart so that a seed group (mbpo_ray.seed_group) can run the
     # agent updates of all its seeds as one stacked update between them.
-    def advance(self) -> None:
-        """The step up to its agent updates: the model fit and rollouts when due, one env step."""
+    def fit_due(self) -> bool:
+        """Whether the next step begins with a model fit."""
+        since_warmup = self.state.env_steps - self.cfg.mbpo.init_random_steps
+        return since_warmup >= 0 and self.uses_model and since_warmup % self.cfg.mbpo.model_train_freq == 0
+
+    def advance(self, model_metrics: Optional[Dict[str, float]] = None) -> None:
+        """The step up to its agent updates: the model fit and rollouts when due, one env step.
+        ``model_metrics``: the fit that is due was done already (a seed group's stacked fit)."""
         b, rt, st, timed = self.cfg.mbpo, self.runtime, self.state, self.timer.timed
         since_warmup = st.env_steps - b.init_random_steps
         if since_warmup >= 0 and self.uses_model:
-            if since_warmup % b.model_train_freq == 0:
-                st.model_metrics = timed("model", rt.fit_model)
+            if self.fit_due():
+                st.model_metrics = model_metrics if model_metrics is not None else timed("model", rt.fit_model)
             if since_warmup % self.rollout_freq == 0:
                 k = self.rollout_length()
                 st.rollout_metrics = timed("rollout", rt.generate_rollouts, self.start_states_per_rollout,

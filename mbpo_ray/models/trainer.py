@@ -4,13 +4,16 @@ as its released code does it; every setting and its default in docs/hyperparamet
 
 ``fit_buffer`` (all of a ReplayBuffer, e.g. D_env) and ``fit_rows`` (transition rows, e.g. from
 a Ray buffer actor) build the inputs and targets with ``mbpo_ray.models.targets``; ``fit`` takes
-them ready-made."""
+them ready-made. A fit is three parts, so that a seed group can run the epochs of many seeds'
+fits as one (``mbpo_ray.models.stacked_fit``): ``begin`` (the holdout split, the bootstrap, the
+normaliser), the epochs (each ends with ``FitRun.end_epoch``, the early-stopping bookkeeping),
+``finish`` (each member back to its best epoch, the elites, the metrics)."""
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -18,8 +21,62 @@ from mbpo_ray.config import ModelConfig
 from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.models.ensemble import ProbabilisticEnsemble
-from mbpo_ray.models.targets import fit_data, fit_data_from_rows
+from mbpo_ray.models.targets import fit_data_from_buffer, fit_data_from_rows
 from mbpo_ray.nn import make_adam
+
+
+class FitRun:
+    """One fit's data and early-stopping state (``EnsembleTrainer.begin`` makes it)."""
+
+    def __init__(self, cfg: ModelConfig, inputs: torch.Tensor, targets: torch.Tensor, num_members: int,
+                 member_params: List[torch.Tensor]):
+        self.cfg, self.start_time = cfg, time.perf_counter()
+        n = inputs.shape[0]
+        self.num_holdout = min(int(n * cfg.holdout_ratio), cfg.max_holdout)
+        perm = torch.randperm(n, device=inputs.device)
+        self.holdout_in, self.holdout_tg = inputs[perm[:self.num_holdout]], targets[perm[:self.num_holdout]]
+        self.train_in, self.train_tg = inputs[perm[self.num_holdout:]], targets[perm[self.num_holdout:]]
+        if self.num_holdout == 0:  # no holdout split: early-stop on the training data itself
+            self.holdout_in, self.holdout_tg = self.train_in, self.train_tg
+        self.n_train = self.train_in.shape[0]
+        self.num_members = num_members
+        self.bootstrap = torch.randint(self.n_train, (num_members, self.n_train), device=inputs.device)
+        self.num_batches = max(1, math.ceil(self.n_train / cfg.batch_size))
+        self.snapshot = [w.detach().clone() for w in member_params]
+        self.best = torch.full((num_members,), math.inf)
+        self.epochs_since_improvement, self.epoch, self.train_loss = 0, 0, float("nan")
+
+    def epoch_order(self) -> torch.Tensor:
+        """[E, n_train] sample indices: each member's own bootstrap resample, freshly shuffled."""
+        shuffle = torch.argsort(torch.rand(self.num_members, self.n_train, device=self.bootstrap.device), dim=1)
+        return torch.gather(self.bootstrap, 1, shuffle)
+
+    def batch(self, order: torch.Tensor, b: int) -> torch.Tensor:
+        """The indices [E, <=batch_size] of batch ``b`` of an epoch's ``order``."""
+        size = self.cfg.batch_size
+        return order[:, b * size:(b + 1) * size]
+
+    def end_epoch(self, train_loss: float, holdout_mse: torch.Tensor, member_params: List[torch.Tensor]) -> bool:
+        """Book an epoch (its mean training loss, each member's holdout MSE [E] on the host, the
+        members' weights now); snapshot each member that improved. True when the fit stops."""
+        cfg = self.cfg
+        self.epoch += 1
+        self.train_loss = train_loss
+        improved = (self.best - holdout_mse) / self.best > cfg.improvement_threshold
+        improved |= ~torch.isfinite(self.best) & torch.isfinite(holdout_mse)
+        if bool(improved.any()):
+            self.best = torch.where(improved, holdout_mse, self.best)
+            members = improved.nonzero().flatten().tolist()
+            with torch.no_grad():
+                for snap, param in zip(self.snapshot, member_params):
+                    snap[members] = param[members]
+            self.epochs_since_improvement = 0
+        else:
+            self.epochs_since_improvement += 1
+        return (self.epochs_since_improvement >= cfg.early_stop_patience
+                or (cfg.max_fit_epochs is not None and self.epoch >= cfg.max_fit_epochs)
+                or (cfg.max_fit_seconds is not None and time.perf_counter() - self.start_time >= cfg.max_fit_seconds)
+                or not math.isfinite(train_loss))
 
 
 class EnsembleTrainer:
@@ -30,29 +87,36 @@ class EnsembleTrainer:
         # support); the batch size varies only in each fit's last batch, so after the first
         # fits torch.compile settles on a shape-generic graph instead of recompiling.
         self._compiled_loss = torch.compile(self.loss) if cfg.compile else None
+        self._good: Optional[tuple] = None  # the weights and optimiser state before this fit
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """inputs [E, B, in], targets [E, B, out] (each member its own bootstrap batch)."""
+        """inputs [E, B, in], targets [E, B, out] (each member its own bootstrap batch) -> the
+        training loss (0-d)."""
+        return self.seed_losses(inputs, targets).sum()
+
+    def seed_losses(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss, one per leading seed index: inputs [E, B, in] -> 0-d; with a
+        stacked fit's leading seed dimension on the data and the model's tensors
+        (``mbpo_ray.models.stacked_fit``), inputs [S, E, B, in] -> [S], each seed's own loss."""
         model, cfg = self.model, self.cfg
         mean, logvar = model(inputs)
-        nll = ((mean - targets) ** 2 * torch.exp(-logvar)).mean(dim=(1, 2)) + logvar.mean(dim=(1, 2))
-        loss = nll.sum()
+        nll = ((mean - targets) ** 2 * torch.exp(-logvar)).mean(dim=(-2, -1)) + logvar.mean(dim=(-2, -1))
+        loss = nll.sum(dim=-1)
         # tf.nn.l2_loss convention of the released code: decay * sum(w^2) / 2, weights only.
         for decay, w in zip(cfg.weight_decays, model.net.weights):
-            loss = loss + decay * 0.5 * (w ** 2).sum()
-        loss = loss + cfg.logvar_bound_penalty * (model.max_logvar.sum() - model.min_logvar.sum())
-        return loss
+            loss = loss + decay * 0.5 * (w ** 2).sum(dim=(-3, -2, -1))
+        bounds = model.max_logvar.sum(dim=-1) - model.min_logvar.sum(dim=-1)
+        return loss + cfg.logvar_bound_penalty * bounds.reshape(loss.shape)
 
     @torch.no_grad()
     def member_mse(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """MSE of each member's mean on the same data -> [E]."""
+        """MSE of each member's mean on the same data -> [E] ([S, E] with a leading seed dimension)."""
         mean, _ = self.model(inputs)
-        return ((mean - targets) ** 2).mean(dim=(1, 2))
+        return ((mean - targets) ** 2).mean(dim=(-2, -1))
 
     def fit_buffer(self, buffer: ReplayBuffer) -> Dict[str, float]:
         """Fit on every transition stored in ``buffer`` (in its storage order)."""
-        obs, act, rew, next_obs, _ = buffer.all()
-        return self.fit(*fit_data(obs, act, rew, next_obs))
+        return self.fit(*fit_data_from_buffer(buffer))
 
     def fit_rows(self, rows: torch.Tensor, layout: Optional[RowLayout] = None) -> Dict[str, float]:
         """Fit on transition rows [N, width] (``layout`` defaults to the model's dims); the rows
@@ -63,88 +127,61 @@ class EnsembleTrainer:
 
     def fit(self, inputs: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
         """Fit on all of D_env: inputs [N, obs+act], targets [N, 1 + obs] ([reward, delta])."""
-        model, cfg = self.model, self.cfg
-        start_time = time.perf_counter()
-        n = inputs.shape[0]
-        num_holdout = min(int(n * cfg.holdout_ratio), cfg.max_holdout)
-        perm = torch.randperm(n, device=inputs.device)
-        holdout_in, holdout_tg = inputs[perm[:num_holdout]], targets[perm[:num_holdout]]
-        train_in, train_tg = inputs[perm[num_holdout:]], targets[perm[num_holdout:]]
-        if num_holdout == 0:  # no holdout split: early-stop on the training data itself
-            holdout_in, holdout_tg = train_in, train_tg
-        n_train = train_in.shape[0]
-
-        good_state = {k: v.clone() for k, v in model.state_dict().items()}
-        good_opt = copy.deepcopy(self.optimizer.state_dict())  # a copy: the live state mutates
-        model.set_normalizer(train_in)
-
-        E = model.num_members
-        bootstrap = torch.randint(n_train, (E, n_train), device=inputs.device)
-        snapshot = [w.detach().clone() for w in model.net.member_parameters()]
-        best = torch.full((E,), math.inf)
-        epochs_since_improvement, epoch, train_loss = 0, 0, float("nan")
-        num_batches = max(1, math.ceil(n_train / cfg.batch_size))
+        run = self.begin(inputs, targets)
         step_loss = self.loss if self._compiled_loss is None else self._compiled_loss
         while True:
-            # Each member sees its own bootstrap resample, freshly shuffled every epoch.
-            shuffle = torch.argsort(torch.rand(E, n_train, device=inputs.device), dim=1)
-            idx = torch.gather(bootstrap, 1, shuffle)
+            order = run.epoch_order()
             loss_sum = torch.zeros((), device=inputs.device)
-            for b in range(num_batches):
-                batch = idx[:, b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                loss = step_loss(train_in[batch], train_tg[batch])
+            for b in range(run.num_batches):
+                batch = run.batch(order, b)
+                loss = step_loss(run.train_in[batch], run.train_tg[batch])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 loss_sum += loss.detach()
-            epoch += 1
-            train_loss = (loss_sum / num_batches).item()
+            mse = self.member_mse(run.holdout_in, run.holdout_tg).cpu()
+            if run.end_epoch((loss_sum / run.num_batches).item(), mse, self.model.net.member_parameters()):
+                break
+        return self.finish(run)
 
-            mse = self.member_mse(holdout_in, holdout_tg).cpu()
-            improved = (best - mse) / best > cfg.improvement_threshold
-            improved |= ~torch.isfinite(best) & torch.isfinite(mse)
-            if bool(improved.any()):
-                best = torch.where(improved, mse, best)
-                members = improved.nonzero().flatten().tolist()
-                with torch.no_grad():
-                    for snap, param in zip(snapshot, model.net.member_parameters()):
-                        snap[members] = param[members]
-                epochs_since_improvement = 0
-            else:
-                epochs_since_improvement += 1
-            if epochs_since_improvement >= cfg.early_stop_patience:
-                break
-            if cfg.max_fit_epochs is not None and epoch >= cfg.max_fit_epochs:
-                break
-            if cfg.max_fit_seconds is not None and time.perf_counter() - start_time >= cfg.max_fit_seconds:
-                break
-            if not math.isfinite(train_loss):
-                break
+    def begin(self, inputs: torch.Tensor, targets: torch.Tensor) -> FitRun:
+        """A fit's start: the random holdout split and bootstrap (in this order, from torch's
+        global stream), the weights and optimiser state to fall back to, the normaliser."""
+        run = FitRun(self.cfg, inputs, targets, self.model.num_members, self.model.net.member_parameters())
+        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self._good = (state, copy.deepcopy(self.optimizer.state_dict()))  # a copy: the live state mutates
+        self.model.set_normalizer(run.train_in)
+        return run
 
-        # Each member goes back to its own best epoch.
+    def finish(self, run: FitRun) -> Dict[str, float]:
+        """A fit's end: each member back to its best epoch's weights; a failed fit (NaN or
+        exploding) discarded for the weights and optimiser state it began with; the elites; the
+        fit's metrics."""
+        model = self.model
         with torch.no_grad():
-            for snap, param in zip(snapshot, model.net.member_parameters()):
+            for snap, param in zip(run.snapshot, model.net.member_parameters()):
                 param.copy_(snap)
-        holdout_mse = self.member_mse(holdout_in, holdout_tg)
-        fit_failed = not (math.isfinite(train_loss) and bool(torch.isfinite(holdout_mse).all())
+        holdout_mse = self.member_mse(run.holdout_in, run.holdout_tg)
+        fit_failed = not (math.isfinite(run.train_loss) and bool(torch.isfinite(holdout_mse).all())
                           and all(bool(torch.isfinite(p).all()) for p in model.parameters()))
+        good_state, good_opt = self._good
+        self._good = None
         if fit_failed:
-            # A NaN or exploding fit is discarded: the last good weights (and optimiser state)
-            # stay, and model/fit_failed reports it.
+            # The last good weights (and optimiser state) stay, and model/fit_failed reports it.
             model.load_state_dict(good_state)
             self.optimizer.load_state_dict(good_opt)
-            holdout_mse = self.member_mse(holdout_in, holdout_tg)
+            holdout_mse = self.member_mse(run.holdout_in, run.holdout_tg)
         else:
             model.elite_idx.copy_(torch.argsort(holdout_mse)[: model.num_elites])
         elite_mse = holdout_mse[model.elite_idx]
         return {
-            "model/train_loss": train_loss,
+            "model/train_loss": run.train_loss,
             "model/holdout_mse": float(elite_mse.mean()),
             "model/holdout_mse_all": float(holdout_mse.mean()),
-            "model/epochs": epoch,
-            "model/num_train": n_train,
-            "model/num_holdout": num_holdout,
-            "model/fit_seconds": time.perf_counter() - start_time,
+            "model/epochs": run.epoch,
+            "model/num_train": run.n_train,
+            "model/num_holdout": run.num_holdout,
+            "model/fit_seconds": time.perf_counter() - run.start_time,
             "model/fit_failed": int(fit_failed),
         }
 

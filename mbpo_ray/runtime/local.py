@@ -157,8 +157,15 @@ class LocalRuntime(AgentRuntime):
         new_data = self.new_data_mse()
         with autocast(self.device, self.precision):
             metrics = self.model_trainer.fit_buffer(self.real_buffer)
-            if self.learned_termination is not None:
-                _, _, _, next_obs, terminated = self.real_buffer.all()
+        return self.model_fit_done(metrics, new_data)
+
+    def model_fit_done(self, metrics: Dict[str, float], new_data: Optional[float]) -> Dict[str, float]:
+        """After the ensemble's fit (here, or a seed group's stacked fit, mbpo_ray.seed_group):
+        the learned termination's fit and the fit's bookkeeping; ``new_data`` is what
+        ``new_data_mse`` said before the fit. Returns the fit's metrics."""
+        if self.learned_termination is not None:
+            _, _, _, next_obs, terminated = self.real_buffer.all()
+            with autocast(self.device, self.precision):
                 metrics.update(self.learned_termination.fit(next_obs, terminated))
         if new_data is not None:
             metrics["model/new_data_mse"] = new_data
