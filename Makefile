@@ -29,7 +29,7 @@ run: install
 	$(BIN)/mbpo-ray train --env InvertedPendulum-v5 --steps $(STEPS) --seed $(SEED) --out $(OUT)
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 docker:
 	docker build -f docker/Dockerfile.gpu -t $(IMAGE):$(IMAGE_TAG)-gpu .

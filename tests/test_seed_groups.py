@@ -24,8 +24,9 @@ from mbpo_ray.train import train
 # batch, other noise, a wrong seed) shows as O(1) (checked below).
 RTOL = 1e-3
 # The group fixture's seeds also fit their ensembles as one stacked fit (mbpo_ray.models.stacked_fit),
-# which a CPU run leaves off by default (model.stacked_fit auto), so that CI runs it.
-GROUP_OVERRIDES = tiny_overrides(**{"model.stacked_fit": "on"})
+# which a CPU run leaves off by default (model.stacked_fit auto), so that CI runs it; and they learn
+# their termination rule, fit by each seed right after the stacked fit from its own random stream.
+GROUP_OVERRIDES = tiny_overrides(**{"model.stacked_fit": "on", "mbpo.termination": "learned"})
 
 
 @pytest.mark.parametrize("spec, seeds", [("0-3", [0, 1, 2, 3]), ("0,2,5", [0, 2, 5]), ("0-2,8,10-11", [0, 1, 2, 8, 10, 11])])
