@@ -138,6 +138,7 @@ BAD = [
     ({"sac.discount": "high"}, "sac.discount", "number"),
     ({"sac.tau": 0}, "sac.tau", "(0, 1]"),
     ({"model.max_fit_epochs": 0}, "model.max_fit_epochs", "null"),
+    ({"model.stacked_fit": "yes"}, "model.stacked_fit", "auto, on or off"),
     ({"env_id": 3}, "env_id", "string"),
     ({"label": "k 1"}, "label", "letters, digits"),
     ({"label": ""}, "label", "letters, digits"),
