@@ -61,7 +61,7 @@ def stacks_fits(setting: str, device: torch.device) -> bool:
     auto, only on CUDA: on a CPU the stacked fit was slower than the seeds' fits one after another
     (benchmarks/results/seed_groups/cpu.json: the S-fold larger activations fall out of the
     caches, so the same matmuls and elementwise ops run slower per element)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    return setting == "always" or (setting == "auto" and device.type == "cuda")
 
 
 class LaneRandom:

@@ -26,7 +26,7 @@ RTOL = 1e-3
 # The group fixture's seeds also fit their ensembles as one stacked fit (mbpo_ray.models.stacked_fit),
 # which a CPU run leaves off by default (model.stacked_fit auto), so that CI runs it; and they learn
 # their termination rule, fit by each seed right after the stacked fit from its own random stream.
-GROUP_OVERRIDES = tiny_overrides(**{"model.stacked_fit": "on", "mbpo.termination": "learned"})
+GROUP_OVERRIDES = tiny_overrides(**{"model.stacked_fit": "always", "mbpo.termination": "learned"})
 
 
 @pytest.mark.parametrize("spec, seeds", [("0-3", [0, 1, 2, 3]), ("0,2,5", [0, 2, 5]), ("0-2,8,10-11", [0, 1, 2, 8, 10, 11])])

@@ -70,9 +70,9 @@ class ModelConfig:
     """torch.compile the ensemble's training loss (forward, Gaussian NLL, weight decay) of each
     fit step (for GPUs; slow to warm up on a CPU)."""
     stacked_fit: str = "auto"
-    """In a seed group (train --seeds): fit all seeds' ensembles as one stacked fit ("on"), seed
-    after seed ("off"), or "auto": stacked on a CUDA device, seed after seed on a CPU, where the
-    stacked tensors outgrow the caches (docs/seed_groups.md)."""
+    """In a seed group (train --seeds): fit all seeds' ensembles as one stacked fit ("always"),
+    seed after seed ("never"), or "auto": stacked on a CUDA device, seed after seed on a CPU, where
+    the stacked tensors outgrow the caches (docs/seed_groups.md)."""
 
 
 @dataclass

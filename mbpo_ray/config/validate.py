@@ -119,7 +119,8 @@ def _check_model(m: ModelConfig) -> None:
             m.termination_num_hidden_layers, "at least 1")
     require(m.termination_max_epochs >= 1, "model.termination_max_epochs", m.termination_max_epochs,
             "at least 1")
-    require(m.stacked_fit in ("auto", "on", "off"), "model.stacked_fit", m.stacked_fit, "auto, on or off")
+    require(m.stacked_fit in ("auto", "always", "never"), "model.stacked_fit", m.stacked_fit,
+            "auto, always or never")
 
 
 def _check_sac(s: SACConfig) -> None:
