@@ -139,7 +139,7 @@ BAD = [
     ({"sac.tau": 0}, "sac.tau", "(0, 1]"),
     ({"model.max_fit_epochs": 0}, "model.max_fit_epochs", "null"),
     ({"model.stacked_fit": "yes"}, "model.stacked_fit", "auto, always or never"),
-    ({"model.stacked_fit": True}, "model.stacked_fit", "string"),
+    ({"model.stacked_fit": True}, "model.stacked_fit", "quote the word"),
     ({"env_id": 3}, "env_id", "string"),
     ({"label": "k 1"}, "label", "letters, digits"),
     ({"label": ""}, "label", "letters, digits"),

@@ -95,6 +95,9 @@ def _coerce(dotted: str, value: Any, hint) -> Any:
             raise ConfigError(f"{dotted}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, bool):  # YAML reads a bare on/off/yes/no/true/false as a boolean
+            raise ConfigError(f"{dotted}: expected a string, got the boolean {value!r} (YAML reads a bare "
+                              f"on, off, yes, no, true or false as a boolean: quote the word)")
         if not isinstance(value, str):
             raise ConfigError(f"{dotted}: expected a string, got {value!r}")
         return value
