@@ -59,7 +59,7 @@ class GroupHook:
 def stacks_fits(setting: str, device: torch.device) -> bool:
     """``model.stacked_fit``: whether a group fits its seeds' ensembles as one stacked fit. On
     auto, only on CUDA: on a CPU the stacked fit was slower than the seeds' fits one after another
-    (benchmarks/results/seed_groups/cpu.json: the S-fold larger activations fall out of the
+    (benchmarks/results/seed_groups/cpu_fit.json: the S-fold larger activations fall out of the
     caches, so the same matmuls and elementwise ops run slower per element)."""
     return setting == "always" or (setting == "auto" and device.type == "cuda")
 

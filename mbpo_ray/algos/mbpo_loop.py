@@ -62,7 +62,8 @@ class MBPOLoop:
         return self.finish_step()
 
     # The three parts of a step, apart so that a seed group (mbpo_ray.seed_group) can run the
-    # agent updates of all its seeds as one stacked update between them.
+    # agent updates of all its seeds as one stacked update between them (and their model fits as
+    # one stacked fit before ``advance``).
     def fit_due(self) -> bool:
         """Whether the next step begins with a model fit."""
         since_warmup = self.state.env_steps - self.cfg.mbpo.init_random_steps
