@@ -25,8 +25,10 @@ from mbpo_ray.train import train
 RTOL = 1e-3
 # The group fixture's seeds also fit their ensembles as one stacked fit (mbpo_ray.models.stacked_fit),
 # which a CPU run leaves off by default (model.stacked_fit auto), so that CI runs it; and they learn
-# their termination rule, fit by each seed right after the stacked fit from its own random stream.
-GROUP_OVERRIDES = tiny_overrides(**{"model.stacked_fit": "always", "mbpo.termination": "learned"})
+# their termination rule, fit by each seed right after the stacked fit from its own random stream
+# (its classifier as small as the tiny ensemble: the defaults tripled this fixture's time).
+GROUP_OVERRIDES = tiny_overrides(**{"model.stacked_fit": "always", "mbpo.termination": "learned",
+                                    "model.termination_max_epochs": 5, "model.termination_hidden_width": 32})
 
 
 @pytest.mark.parametrize("spec, seeds", [("0-3", [0, 1, 2, 3]), ("0,2,5", [0, 2, 5]), ("0-2,8,10-11", [0, 1, 2, 8, 10, 11])])
@@ -140,13 +142,22 @@ def test_group_layout_is_one_run_directory_per_seed(group_runs):
     assert not list(group.path.rglob("*.next"))
 
 
+# Metrics that are small differences of nearly equal numbers carry the run's float32 drift
+# relatively amplified: rollout/policy_kl (~1e-3 here) is the KL between two nearly equal policies,
+# and a 2e-5 relative drift of the networks moved it by ~6e-6 (0.7 %) on the development CPU. Its
+# absolute tolerance, 1e-4, is a tenth of its size: another seed's or batch's policy moves it by
+# about its whole size.
+CANCELLING = {"rollout/policy_kl": 1e-4}
+
+
 def test_a_seed_in_a_group_matches_the_seed_alone(group_runs):
     in_group = comparable(GroupDirectory(group_runs / "group").lane(4).read_metrics())
     alone = comparable(RunDirectory(group_runs / "alone").read_metrics())
     assert [r.keys() for r in in_group] == [r.keys() for r in alone]
     for g, a in zip(in_group, alone):
         for key, value in a.items():
-            assert math.isclose(g[key], value, rel_tol=RTOL, abs_tol=1e-6), (a["env_steps"], key, g[key], value)
+            abs_tol = CANCELLING.get(key, 1e-6)
+            assert math.isclose(g[key], value, rel_tol=RTOL, abs_tol=abs_tol), (a["env_steps"], key, g[key], value)
     # the first epoch is the random warm-up: no update yet, so it is identical
     assert in_group[0] == alone[0]
 
