@@ -102,8 +102,8 @@ class StackedFit:
                 stack.adam_step()
                 loss_sum += losses.detach()
             train_loss = (loss_sum / num_batches).tolist()
-            members = runs[0].num_members  # each seed's holdout [N, in], the same for all its members
-            holdout_in = torch.stack([runs[i].holdout_in for i in active]).unsqueeze(1).expand(-1, members, -1, -1)
+            num_members = runs[0].num_members  # each seed's holdout [N, in], the same for all its members
+            holdout_in = torch.stack([runs[i].holdout_in for i in active]).unsqueeze(1).expand(-1, num_members, -1, -1)
             mse = self._call("mse", stack, holdout_in, torch.stack([runs[i].holdout_tg for i in active])[:, None]).cpu()
             stopped = []
             for row, i in enumerate(active):
