@@ -27,7 +27,6 @@ def fit_data_from_rows(rows: torch.Tensor, layout: RowLayout) -> Tuple[torch.Ten
     return fit_data(obs, act, rew, next_obs)
 
 
-
 def fit_data_from_buffer(buffer) -> Tuple[torch.Tensor, torch.Tensor]:
     """``fit_data`` of every transition stored in a ReplayBuffer (in its storage order)."""
     obs, act, rew, next_obs, _ = buffer.all()

@@ -45,6 +45,7 @@ class FitRun:
         self.snapshot = [w.detach().clone() for w in member_params]
         self.best = torch.full((num_members,), math.inf)
         self.epochs_since_improvement, self.epoch, self.train_loss = 0, 0, float("nan")
+        self.fallback: tuple = ()  # the weights and optimiser state the fit began with (``begin``)
 
     def epoch_order(self) -> torch.Tensor:
         """[E, n_train] sample indices: each member's own bootstrap resample, freshly shuffled."""
@@ -87,7 +88,6 @@ class EnsembleTrainer:
         # support); the batch size varies only in each fit's last batch, so after the first
         # fits torch.compile settles on a shape-generic graph instead of recompiling.
         self._compiled_loss = torch.compile(self.loss) if cfg.compile else None
-        self._good: Optional[tuple] = None  # the weights and optimiser state before this fit
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """inputs [E, B, in], targets [E, B, out] (each member its own bootstrap batch) -> the
@@ -149,7 +149,7 @@ class EnsembleTrainer:
         global stream), the weights and optimiser state to fall back to, the normaliser."""
         run = FitRun(self.cfg, inputs, targets, self.model.num_members, self.model.net.member_parameters())
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self._good = (state, copy.deepcopy(self.optimizer.state_dict()))  # a copy: the live state mutates
+        run.fallback = (state, copy.deepcopy(self.optimizer.state_dict()))  # a copy: the live state mutates
         self.model.set_normalizer(run.train_in)
         return run
 
@@ -164,8 +164,7 @@ class EnsembleTrainer:
         holdout_mse = self.member_mse(run.holdout_in, run.holdout_tg)
         fit_failed = not (math.isfinite(run.train_loss) and bool(torch.isfinite(holdout_mse).all())
                           and all(bool(torch.isfinite(p).all()) for p in model.parameters()))
-        good_state, good_opt = self._good
-        self._good = None
+        good_state, good_opt = run.fallback
         if fit_failed:
             # The last good weights (and optimiser state) stay, and model/fit_failed reports it.
             model.load_state_dict(good_state)
