@@ -138,6 +138,8 @@ BAD = [
     ({"sac.discount": "high"}, "sac.discount", "number"),
     ({"sac.tau": 0}, "sac.tau", "(0, 1]"),
     ({"model.max_fit_epochs": 0}, "model.max_fit_epochs", "null"),
+    ({"algo": "steve", "sac.cuda_graph": True}, "sac.cuda_graph", "mbpo and sac"),
+    ({"model.cuda_graph": "on"}, "model.cuda_graph", "true or false"),
     ({"model.stacked_fit": "yes"}, "model.stacked_fit", "auto, always or never"),
     ({"model.stacked_fit": True}, "model.stacked_fit", "quote the word"),
     ({"env_id": 3}, "env_id", "string"),

@@ -22,6 +22,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from mbpo_ray.config import SACConfig
+from mbpo_ray.cuda_graph import GraphedStep
 from mbpo_ray.nn import StackedMLP, full_precision, make_adam
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -122,6 +123,10 @@ class ActorCritic(nn.Module):
         self._q_params = list(self.q.parameters())
         self._q_target_params = list(self.q_target.parameters())
         self._losses = torch.compile(self._losses) if self.sac_cfg.compile else self._losses
+        # sac.cuda_graph: the whole update (losses, backward, Adam, target lerp) as one graph
+        # (mbpo_ray.cuda_graph); config validation keeps it to learners with draw_noise.
+        self._graphed = (GraphedStep(self._step, lambda: [*self.parameters(), *self.buffers()], [self.optimizer])
+                         if self.sac_cfg.cuda_graph else None)
 
     # --- data statistics ---
     def observe(self, obs: torch.Tensor, rew: torch.Tensor, next_obs: torch.Tensor) -> None:
@@ -156,6 +161,13 @@ class ActorCritic(nn.Module):
         """One gradient step on every loss (one backward, one Adam step) and the target-critic
         update; returns the metrics as one tensor (order: ``metric_names``)."""
         noise = self.draw_noise(obs.shape[0])
+        if self._graphed is not None:
+            return self._graphed(obs, act, rew, next_obs, done, noise)
+        return self._step(obs, act, rew, next_obs, done, noise)
+
+    def _step(self, obs, act, rew, next_obs, done, noise) -> torch.Tensor:
+        """``update`` after its random draws: a deterministic function of the batch, the noise and
+        the learner's state, which it changes in place (what a CUDA graph can replay)."""
         total, metrics = self._losses(obs, act, rew, next_obs, done, noise)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -174,3 +186,5 @@ class ActorCritic(nn.Module):
     def load_full_state_dict(self, state: Dict[str, Any]) -> None:
         self.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self._graphed is not None:
+            self._graphed.reset()  # the optimiser's state tensors are new ones

@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from mbpo_ray.agents.actor_critic import ActorCritic
+from mbpo_ray.cuda_graph import GraphedStep
 from mbpo_ray.nn import make_adam
 
 
@@ -64,6 +65,9 @@ class StackedUpdate:
         self.optimizer.param_groups[0].update(betas=group["betas"], eps=group["eps"])
         self._load_optimizer_state()
         self._grad = vmap(grad(self._loss, has_aux=True))
+        # sac.cuda_graph: the stacked update replayed from one graph (mbpo_ray.cuda_graph)
+        self._graphed = (GraphedStep(self._step, self._stacked_tensors, [self.optimizer])
+                         if template.sac_cfg.cuda_graph else None)
 
     # --- the stacked copy ---
     def _stack(self, names: List[str], buffers: bool = False) -> Dict[str, torch.Tensor]:
@@ -94,6 +98,9 @@ class StackedUpdate:
                 "exp_avg": torch.stack([s["exp_avg"] for s in per_seed]).clone(),
                 "exp_avg_sq": torch.stack([s["exp_avg_sq"] for s in per_seed]).clone(),
             }
+
+    def _stacked_tensors(self) -> List[torch.Tensor]:
+        return [*self.train.values(), *self.fixed.values(), *self.buffers.values()]
 
     def write_back(self) -> None:
         """The trained weights (and target critics) into each agent's own parameters."""
@@ -126,7 +133,13 @@ class StackedUpdate:
         """One update of every seed: seed i on ``batches[i]`` (obs, act, rew, next_obs, done) with
         ``noises[i]``. Returns the metrics [seeds, len(metric_names)]."""
         columns = [torch.stack(parts) for parts in zip(*batches)]
-        grads, metrics = self._grad(self.train, self.fixed, self.buffers, *columns, torch.stack(list(noises)))
+        step = self._step if self._graphed is None else self._graphed
+        return step(*columns, torch.stack(list(noises)))
+
+    def _step(self, *columns_and_noise: torch.Tensor) -> torch.Tensor:
+        """``update`` on the stacked batches and noise: a deterministic step that changes the
+        stacked state in place (what a CUDA graph can replay)."""
+        grads, metrics = self._grad(self.train, self.fixed, self.buffers, *columns_and_noise)
         for n, t in self.train.items():
             t.grad = grads[n]
         self.optimizer.step()

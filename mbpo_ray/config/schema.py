@@ -69,6 +69,10 @@ class ModelConfig:
     compile: bool = False
     """torch.compile the ensemble's training loss (forward, Gaussian NLL, weight decay) of each
     fit step (for GPUs; slow to warm up on a CPU)."""
+    cuda_graph: bool = False
+    """Replay each full-batch fit step (forward, backward, Adam) from a CUDA graph captured once
+    per trainer: one launch instead of hundreds on a GPU; on a CPU the same steps run eagerly
+    (docs/architecture.md#cuda-graphs)."""
     stacked_fit: str = "auto"
     """In a seed group (train --seeds): fit all seeds' ensembles as one stacked fit ("always"),
     seed after seed ("never"), or "auto": stacked on a CUDA device, seed after seed on a CPU, where
@@ -100,6 +104,11 @@ class SACConfig:
     """Capacity of D_env (capped at total_steps)."""
     compile: bool = False
     """torch.compile the update's losses (worth it on a GPU; slow to warm up on a CPU)."""
+    cuda_graph: bool = False
+    """Replay the whole update (losses, backward, Adam, target lerp) from a CUDA graph captured at
+    the first update: one launch instead of hundreds on a GPU; on a CPU the same steps run eagerly.
+    SAC-based learners that draw their noise before the update only (sac, mbpo; not steve)
+    (docs/architecture.md#cuda-graphs)."""
 
 
 @dataclass

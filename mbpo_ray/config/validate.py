@@ -50,6 +50,9 @@ def _check_run(cfg: TrainConfig) -> None:
     require(cfg.precision == "float32" or cfg.algo in ("mbpo", "sac", "steve"), "precision", cfg.precision,
             f"float32 with algo {cfg.algo} (bf16 covers the SAC update, the ensemble's fit and the model "
             f"rollouts of mbpo, sac and steve)")
+    require(not cfg.sac.cuda_graph or cfg.algo in ("mbpo", "sac"), "sac.cuda_graph", cfg.sac.cuda_graph,
+            f"false with algo {cfg.algo} (the graphed update is SAC's, whose random draws come before "
+            f"the update: mbpo and sac)")
     require(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads", cfg.torch_threads,
             "null (torch's default) or at least 1")
     require(cfg.eval_episodes >= 1, "eval_episodes", cfg.eval_episodes, "at least 1")

@@ -15,12 +15,14 @@ corrections are per seed.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from mbpo_ray.cuda_graph import GraphedStep
 from mbpo_ray.models.trainer import EnsembleTrainer, FitRun
 
 RandomStream = Callable[[], ContextManager]
@@ -54,6 +56,7 @@ class StackedFit:
         for t in self.trainers[1:]:
             if [tuple(p.shape) for p in t.model.parameters()] != shapes or t.cfg != template.cfg:
                 raise ValueError("StackedFit needs ensembles of one shape and one model config")
+        self.batch_size, self.cuda_graph = template.cfg.batch_size, template.cfg.cuda_graph
         group = template.optimizer.param_groups[0]
         self.lr, (self.beta1, self.beta2), self.eps = group["lr"], group["betas"], group["eps"]
         named = dict(template.model.named_parameters())
@@ -84,6 +87,9 @@ class StackedFit:
             with stream():
                 runs.append(trainer.begin(inputs, targets))
         stack = _Stack(self, trainers)
+        # model.cuda_graph: each full batch's step replayed from a graph of this stack (captured
+        # anew when seeds leave it: its tensors are new ones then)
+        graphed = GraphedStep(partial(self._step, stack), stack.tensors) if self.cuda_graph else None
         finals: Dict[int, Tuple[Dict[str, torch.Tensor], Dict[str, Tuple]]] = {}
         active = list(range(len(trainers)))  # seeds still fitting: the stack's rows, in order
         device = runs[0].train_in.device
@@ -97,10 +103,9 @@ class StackedFit:
             for b in range(num_batches):
                 inputs = torch.stack([runs[i].train_in[runs[i].batch(o, b)] for i, o in zip(active, orders)])
                 targets = torch.stack([runs[i].train_tg[runs[i].batch(o, b)] for i, o in zip(active, orders)])
-                losses = self._call("loss", stack, inputs, targets)
-                losses.sum().backward()  # the seeds' losses are independent: each gets its own gradient
-                stack.adam_step()
-                loss_sum += losses.detach()
+                full = inputs.shape[2] == self.batch_size
+                step = graphed if graphed is not None and full else partial(self._step, stack)
+                loss_sum += step(inputs, targets)
             train_loss = (loss_sum / num_batches).tolist()
             num_members = runs[0].num_members  # each seed's holdout [N, in], the same for all its members
             holdout_in = torch.stack([runs[i].holdout_in for i in active]).unsqueeze(1).expand(-1, num_members, -1, -1)
@@ -113,10 +118,20 @@ class StackedFit:
                     stopped.append(row)
             if stopped:
                 stack.drop(stopped)
+                if graphed is not None:
+                    graphed.reset()
                 active = [i for row, i in enumerate(active) if row not in stopped]
         for i, trainer in enumerate(trainers):
             _write_back(trainer, self.names, *finals[i])
         return [trainer.finish(run) for trainer, run in zip(trainers, runs)]
+
+
+    def _step(self, stack: "_Stack", inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One gradient step of every seed in the stack (inputs [S, E, B, in]); their losses [S]."""
+        losses = self._call("loss", stack, inputs, targets)
+        losses.sum().backward()  # the seeds' losses are independent: each gets its own gradient
+        stack.adam_step()
+        return losses.detach()
 
 
 class _Stack:
@@ -169,6 +184,11 @@ class _Stack:
                 v.mul_(fit.beta2).addcmul_(g, g, value=1 - fit.beta2)
                 denom = (v.sqrt() / correction2.view(shape)).add_(fit.eps)
                 p.sub_(m / denom * step_size.view(shape))
+
+    def tensors(self) -> List[torch.Tensor]:
+        """Everything a step changes: parameters, normaliser, Adam state, step counts."""
+        return [*self.params.values(), *self.buffers.values(), *self.exp_avg.values(),
+                *self.exp_avg_sq.values(), self.step]
 
     def take(self, row: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, Tuple]]:
         """Row ``row``'s parameters and Adam state (copies, in the model's own shapes)."""

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import torch
 
 from mbpo_ray.config import ModelConfig
+from mbpo_ray.cuda_graph import GraphedStep
 from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.models.ensemble import ProbabilisticEnsemble
@@ -88,6 +89,10 @@ class EnsembleTrainer:
         # support); the batch size varies only in each fit's last batch, so after the first
         # fits torch.compile settles on a shape-generic graph instead of recompiling.
         self._compiled_loss = torch.compile(self.loss) if cfg.compile else None
+        # model.cuda_graph: each full batch's step replayed from one graph (mbpo_ray.cuda_graph);
+        # an epoch's last, smaller batch runs eagerly.
+        self._graphed = (GraphedStep(self._step, lambda: [*model.parameters(), *model.buffers()], [self.optimizer])
+                         if cfg.cuda_graph else None)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """inputs [E, B, in], targets [E, B, out] (each member its own bootstrap batch) -> the
@@ -128,21 +133,26 @@ class EnsembleTrainer:
     def fit(self, inputs: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
         """Fit on all of D_env: inputs [N, obs+act], targets [N, 1 + obs] ([reward, delta])."""
         run = self.begin(inputs, targets)
-        step_loss = self.loss if self._compiled_loss is None else self._compiled_loss
         while True:
             order = run.epoch_order()
             loss_sum = torch.zeros((), device=inputs.device)
             for b in range(run.num_batches):
                 batch = run.batch(order, b)
-                loss = step_loss(run.train_in[batch], run.train_tg[batch])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                loss_sum += loss.detach()
+                full = batch.shape[1] == self.cfg.batch_size
+                step = self._graphed if self._graphed is not None and full else self._step
+                loss_sum += step(run.train_in[batch], run.train_tg[batch])
             mse = self.member_mse(run.holdout_in, run.holdout_tg).cpu()
             if run.end_epoch((loss_sum / run.num_batches).item(), mse, self.model.net.member_parameters()):
                 break
         return self.finish(run)
+
+    def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One gradient step on a batch (inputs [E, B, in], targets [E, B, out]); its loss."""
+        loss = (self.loss if self._compiled_loss is None else self._compiled_loss)(inputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     def begin(self, inputs: torch.Tensor, targets: torch.Tensor) -> FitRun:
         """A fit's start: the random holdout split and bootstrap (in this order, from torch's
@@ -168,7 +178,7 @@ class EnsembleTrainer:
         if fit_failed:
             # The last good weights (and optimiser state) stay, and model/fit_failed reports it.
             model.load_state_dict(good_state)
-            self.optimizer.load_state_dict(good_opt)
+            self.load_state_dict({"optimizer": good_opt})
             holdout_mse = self.member_mse(run.holdout_in, run.holdout_tg)
         else:
             model.elite_idx.copy_(torch.argsort(holdout_mse)[: model.num_elites])
@@ -189,3 +199,5 @@ class EnsembleTrainer:
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
+        if self._graphed is not None:
+            self._graphed.reset()  # the optimiser's state tensors are new ones

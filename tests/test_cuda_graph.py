@@ -1,0 +1,180 @@
+"""The graphed training steps (`sac.cuda_graph`, `model.cuda_graph`, issue 13;
+mbpo_ray/cuda_graph.py). On a CPU nothing is captured, but every other part runs: the static
+inputs, the warm-up steps and the restore of the state they changed, the recapture after a
+checkpoint load. So a graphed learner must take exactly the eager learner's steps (bit for bit:
+both run the same kernels on the same machine); a restore that missed a tensor (a parameter, an
+Adam moment, a step count, the target critics) would show as a difference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mbpo_ray.agents.sac import SAC
+from mbpo_ray.agents.stacked import StackedUpdate
+from mbpo_ray.config import ModelConfig, SACConfig
+from mbpo_ray.cuda_graph import WARMUP_STEPS, GraphedStep
+from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+from mbpo_ray.models.stacked_fit import StackedFit
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+CPU = torch.device("cpu")
+
+
+def _batches(n, seed, batch=32, obs_dim=4, act_dim=2):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, obs_dim, generator=g), torch.rand(batch, act_dim, generator=g) * 2 - 1,
+             torch.randn(batch, generator=g), torch.randn(batch, obs_dim, generator=g),
+             (torch.rand(batch, generator=g) < 0.2).float()) for _ in range(n)]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _optimizer_tensors(optimizer) -> dict:
+    return {f"{i}.{k}": v for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
+
+
+def test_graphed_step_warms_up_then_restores_the_state():
+    """A step that Adam-trains a linear layer: the graphed path runs the warm-up steps (counted)
+    and still ends where the eager steps end; the Adam state that the warm-up created is fresh
+    again (zeros) before the first real step."""
+    data = [(torch.randn(8, 3, generator=torch.Generator().manual_seed(i)),) for i in range(5)]
+    results = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+        calls = []
+
+        def step(x):
+            calls.append(1)
+            loss = (layer(x) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        run = GraphedStep(step, lambda: list(layer.parameters()), [optimizer]) if graphed else step
+        losses = torch.stack([run(*d) for d in data])
+        results.append((losses, dict(layer.state_dict()), _optimizer_tensors(optimizer)))
+        assert len(calls) == len(data) + (WARMUP_STEPS if graphed else 0)
+    (eager_losses, eager_w, eager_adam), (graph_losses, graph_w, graph_adam) = results
+    assert torch.equal(graph_losses, eager_losses)
+    assert _same(graph_w, eager_w) and _same(graph_adam, eager_adam)
+    assert float(graph_adam["0.step"]) == len(data)  # not len(data) + WARMUP_STEPS
+    assert len(set(eager_losses.tolist())) == len(data)  # the steps did change the layer
+
+
+def test_graphed_sac_update_equals_the_eager_update_across_a_checkpoint_load():
+    batches = _batches(8, seed=1)
+    runs = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        agent = SAC(4, 2, SACConfig(hidden_width=32, batch_size=32, cuda_graph=graphed), CPU)
+        metrics = [agent.update(*b) for b in batches[:4]]
+        saved = agent.full_state_dict()
+        torch.manual_seed(1)  # another learner's steps in between, then back to the checkpoint
+        for b in batches[4:6]:
+            agent.update(*b)
+        agent.load_full_state_dict(saved)
+        torch.manual_seed(2)
+        metrics += [agent.update(*b) for b in batches[4:]]
+        runs[graphed] = (torch.stack(metrics), agent.full_state_dict())
+        if graphed:
+            assert agent._graphed.captures == 2  # captured again after the load
+    (eager_metrics, eager_state), (graph_metrics, graph_state) = runs[False], runs[True]
+    assert torch.equal(graph_metrics, eager_metrics)
+    assert _same(graph_state["module"], eager_state["module"])  # policy, critics, targets, alpha
+    assert _same(_opt(graph_state), _opt(eager_state))
+    assert not graph_state["optimizer"]["param_groups"][0]["capturable"]  # loads on any device
+
+
+def _opt(full_state):
+    return {f"{i}.{k}": v for i, s in full_state["optimizer"]["state"].items() for k, v in s.items()}
+
+
+def test_graphed_ensemble_fit_equals_the_eager_fit():
+    g = torch.Generator().manual_seed(2)
+    inputs = torch.randn(600, 5, generator=g)
+    targets = torch.cat([inputs[:, :1] * 0.5, torch.sin(inputs[:, :3])], dim=1)
+    results = {}
+    for graphed in (False, True):
+        cfg = ModelConfig(num_members=3, num_elites=2, hidden_width=16, num_hidden_layers=2, batch_size=64,
+                          weight_decays=(1e-4, 1e-4, 1e-4), max_fit_epochs=3, cuda_graph=graphed)
+        torch.manual_seed(0)
+        model = ProbabilisticEnsemble(3, 2, cfg)
+        trainer = EnsembleTrainer(model, cfg)
+        stats = [trainer.fit(inputs, targets) for _ in range(2)]  # 480 training rows: batches of 64 and a last 32
+        for s in stats:
+            s.pop("model/fit_seconds")
+        results[graphed] = (stats, dict(model.state_dict()), _optimizer_tensors(trainer.optimizer))
+        if graphed:
+            assert trainer._graphed.captures == 1
+    assert results[True][0] == results[False][0]
+    assert _same(results[True][1], results[False][1]) and _same(results[True][2], results[False][2])
+    assert results[False][0][1]["model/holdout_mse"] < results[False][0][0]["model/holdout_mse"]  # it learned
+
+
+def test_graphed_stacked_update_equals_the_eager_one():
+    runs = {}
+    for graphed in (False, True):
+        agents = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            agents.append(SAC(4, 2, SACConfig(hidden_width=32, batch_size=32, cuda_graph=graphed), CPU))
+        stacked = StackedUpdate(agents)
+        g = torch.Generator().manual_seed(4)
+        metrics = [stacked.update(_batches(2, seed=10 + u), [torch.randn(2, 32, 2, generator=g) for _ in agents])
+                   for u in range(5)]
+        stacked.save_to_agents()
+        runs[graphed] = (torch.stack(metrics), [a.full_state_dict() for a in agents])
+    assert torch.equal(runs[True][0], runs[False][0])
+    for a, b in zip(runs[True][1], runs[False][1]):
+        assert _same(a["module"], b["module"]) and _same(_opt(a), _opt(b))
+
+
+def test_graphed_stacked_fit_equals_the_eager_one():
+    """Seeds that stop at different epochs leave the stack: the graph is captured anew for the
+    smaller stack and the fits still end as the eager ones."""
+    g = torch.Generator().manual_seed(5)
+    data = []
+    for i in range(3):
+        x = torch.randn(300, 6, generator=g)
+        signal = torch.tanh(x @ torch.randn(6, 5, generator=g)) if i else torch.zeros(300, 5)
+        data.append((x, signal + (0.01 if i else 1.0) * torch.randn(300, 5, generator=g)))
+    runs = {}
+    for graphed in (False, True):
+        cfg = ModelConfig(num_members=4, num_elites=2, hidden_width=32, num_hidden_layers=2, batch_size=64,
+                          weight_decays=(2.5e-5, 5e-5, 1e-4), early_stop_patience=3, max_fit_epochs=12,
+                          cuda_graph=graphed)
+        trainers = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            trainers.append(EnsembleTrainer(ProbabilisticEnsemble(4, 2, cfg), cfg))
+        torch.manual_seed(7)
+        stats = StackedFit(trainers).fit(data)
+        for s in stats:
+            s.pop("model/fit_seconds")
+        runs[graphed] = (stats, [dict(t.model.state_dict()) for t in trainers])
+    assert runs[True][0] == runs[False][0]
+    assert len({s["model/epochs"] for s in runs[False][0]}) > 1  # a seed left the stack early
+    assert all(_same(a, b) for a, b in zip(runs[True][1], runs[False][1]))
+
+
+def test_a_run_with_graphed_steps_equals_the_eager_run(tiny_config, tmp_path):
+    """The switches end to end: an MBPO run with both steps graphed is the eager run, metric for
+    metric (wall-clock keys aside), and ends with the same learner and model."""
+    from helpers import assert_states_equal, comparable
+
+    from mbpo_ray.run_dir import RunDirectory
+    from mbpo_ray.train import train
+
+    runs = []
+    for name, graphed in (("eager", False), ("graphed", True)):
+        train(tiny_config(**{"sac.cuda_graph": graphed, "model.cuda_graph": graphed}), str(tmp_path / name),
+              progress=False)
+        runs.append(RunDirectory(tmp_path / name))
+    eager, graphed = (comparable(r.read_metrics()) for r in runs)
+    assert len(eager) == 3 and graphed == eager
+    assert_states_equal(*(r.load_checkpoint()["algorithm"]["runtime"] for r in runs))
