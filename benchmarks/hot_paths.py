@@ -45,11 +45,15 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def sac_update_ms(device: torch.device, repeats: int, updates: int = 300, compiled: bool = False) -> float:
+def sac_update_ms(device: torch.device, repeats: int, updates: int = 300, compiled: bool = False,
+                  graphed: bool = False) -> float:
+    """ms per SAC update at Hopper's sizes, eager, ``compiled`` (sac.compile) or ``graphed``
+    (sac.cuda_graph; older source trees: neither)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     obs_dim, act_dim, n, batch = 11, 3, 10_000, 256
-    agent = SAC(obs_dim, act_dim, SACConfig(batch_size=batch, **({"compile": True} if compiled else {})), device)
+    options = {**({"compile": True} if compiled else {}), **({"cuda_graph": True} if graphed else {})}
+    agent = SAC(obs_dim, act_dim, SACConfig(batch_size=batch, **options), device)
     buf = ReplayBuffer(obs_dim, act_dim, n, device)
     buf.add(rng.standard_normal((n, obs_dim)).astype(np.float32), rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
             rng.standard_normal(n).astype(np.float32), rng.standard_normal((n, obs_dim)).astype(np.float32),
@@ -86,11 +90,14 @@ def rollouts_per_s(device: torch.device, repeats: int, start_states: int = 100_0
         return out
 
 
-def fit_epoch_ms(device: torch.device, repeats: int, sizes=(10_000, 50_000), compiled: bool = False) -> dict:
+def fit_epoch_ms(device: torch.device, repeats: int, sizes=(10_000, 50_000), compiled: bool = False,
+                 graphed: bool = False) -> dict:
     """One epoch of the ensemble's fit (the Hopper preset's model: 7 members of 4 x 200, batch
-    256) on n synthetic Hopper-sized transitions, its holdout check included."""
+    256) on n synthetic Hopper-sized transitions, its holdout check included; eager,
+    ``compiled`` (model.compile) or ``graphed`` (model.cuda_graph)."""
     cfg = make_config("Hopper-v5", {"device": str(device), "model.max_fit_epochs": 1,
-                                    **({"model.compile": True} if compiled else {})}).model
+                                    **({"model.compile": True} if compiled else {}),
+                                    **({"model.cuda_graph": True} if graphed else {})}).model
     out = {}
     for n in sizes:
         torch.manual_seed(0)

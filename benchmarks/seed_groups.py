@@ -41,12 +41,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def update_ms(num_seeds: int, device: torch.device, updates: int) -> float:
-    """ms per update of all ``num_seeds`` seeds (the best of 3 rounds)."""
+def update_ms(num_seeds: int, device: torch.device, updates: int, graphed: bool = False) -> float:
+    """ms per update of all ``num_seeds`` seeds (the best of 3 rounds); ``graphed``: sac.cuda_graph."""
     agents = []
     for seed in range(num_seeds):
         torch.manual_seed(seed)
-        agents.append(SAC(OBS_DIM, ACT_DIM, SACConfig(batch_size=BATCH), device))
+        agents.append(SAC(OBS_DIM, ACT_DIM, SACConfig(batch_size=BATCH, cuda_graph=graphed), device))
     stacked = StackedUpdate(agents) if num_seeds > 1 else None
     batches = [(torch.randn(BATCH, OBS_DIM, device=device), torch.rand(BATCH, ACT_DIM, device=device) * 2 - 1,
                 torch.randn(BATCH, device=device), torch.randn(BATCH, OBS_DIM, device=device),
@@ -71,10 +71,11 @@ def update_ms(num_seeds: int, device: torch.device, updates: int) -> float:
     return best * 1e3
 
 
-def fit_epoch_ms(num_seeds: int, device: torch.device, size: int, epochs: int = 3) -> dict:
+def fit_epoch_ms(num_seeds: int, device: torch.device, size: int, epochs: int = 3, graphed: bool = False) -> dict:
     """ms per fit epoch of ``num_seeds`` Hopper-sized ensembles on ``size`` transitions each:
     stacked and separate (each fit runs exactly ``epochs`` epochs; the best of 2 rounds)."""
-    model_cfg = make_config("Hopper-v5", {"model.max_fit_epochs": epochs, "model.early_stop_patience": 10 ** 6}).model
+    model_cfg = make_config("Hopper-v5", {"model.max_fit_epochs": epochs, "model.early_stop_patience": 10 ** 6,
+                                          "model.cuda_graph": graphed}).model
     in_dim = OBS_DIM + ACT_DIM
     data = [(torch.randn(size, in_dim, device=device), torch.randn(size, OBS_DIM + 1, device=device))
             for _ in range(num_seeds)]
@@ -100,9 +101,10 @@ def fit_epoch_ms(num_seeds: int, device: torch.device, size: int, epochs: int = 
             "stacked_ms_per_epoch": timed(lambda: stacked.fit(data))}
 
 
-def loop_ms_per_step(num_seeds: int, device: str, warmup: int, steps: int, root: Path) -> dict:
+def loop_ms_per_step(num_seeds: int, device: str, warmup: int, steps: int, root: Path, graphed: bool = False) -> dict:
     cfg = make_config("Hopper-v5", {"total_steps": warmup + steps, "device": device, "eval_episodes": 1,
-                                    "mbpo.init_random_steps": warmup, "mbpo.epoch_length": warmup})
+                                    "mbpo.init_random_steps": warmup, "mbpo.epoch_length": warmup,
+                                    "sac.cuda_graph": graphed, "model.cuda_graph": graphed})
     out = root / f"seeds{num_seeds}"
     if num_seeds == 1:
         train(cfg, str(out), progress=False)
@@ -132,6 +134,8 @@ def main() -> None:
     parser.add_argument("--fit-size", type=int, default=10000, help="transitions per seed in the fit timing")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--graphed", action="store_true",
+                        help="sac.cuda_graph and model.cuda_graph on (docs/architecture.md#cuda-graphs)")
     parser.add_argument("--out", default="benchmarks/results/seed_groups_cpu.json")
     args = parser.parse_args()
     if args.threads:
@@ -140,7 +144,8 @@ def main() -> None:
     result = {
         "command": "benchmarks/seed_groups.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("out", "skip_loop") and v is not None),
+            for k, v in vars(args).items() if k not in ("out", "skip_loop", "graphed") and v is not None)
+            + (" --graphed" if args.graphed else "") + (" --skip-loop" if args.skip_loop else ""),
         "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "torch": torch.__version__,
@@ -148,18 +153,18 @@ def main() -> None:
         "sac_update": [], "model_fit": [], "loop": [],
     }
     for n in args.seeds:
-        ms = update_ms(n, device, args.updates)
+        ms = update_ms(n, device, args.updates, args.graphed)
         result["sac_update"].append({"seeds": n, "ms_per_update": ms, "ms_per_seed": ms / n})
         print(f"SAC update, {n} seed(s): {ms:.2f} ms ({ms / n:.2f} ms per seed)", flush=True)
     for n in args.seeds:
-        row = fit_epoch_ms(n, device, args.fit_size)
+        row = fit_epoch_ms(n, device, args.fit_size, graphed=args.graphed)
         result["model_fit"].append(row)
         print(f"model fit epoch, {n} seed(s) x {args.fit_size}: stacked {row['stacked_ms_per_epoch']:.0f} ms, "
               f"separate {row['separate_ms_per_epoch']:.0f} ms", flush=True)
     if not args.skip_loop:
         with tempfile.TemporaryDirectory() as tmp:
             for n in args.seeds:
-                row = loop_ms_per_step(n, args.device, args.warmup, args.steps, Path(tmp))
+                row = loop_ms_per_step(n, args.device, args.warmup, args.steps, Path(tmp), args.graphed)
                 result["loop"].append(row)
                 print(f"whole loop, {n} seed(s): {row['ms_per_env_step_group']:.0f} ms per env step of the group, "
                       f"{row['ms_per_env_step_per_seed']:.0f} ms per seed-step", flush=True)

@@ -30,3 +30,23 @@ def comparable(records):
     trainer's seconds), which legitimately differ between otherwise identical runs."""
     return [{k: v for k, v in r.items() if not k.startswith("perf/") and k not in WALL_CLOCK_KEYS}
             for r in records]
+
+
+def toy_fit_data(seed: int = 2):
+    """600 transitions of a 3-dim state and a 2-dim action (inputs [600, 5]) with smooth targets
+    [reward, delta of the state] that an ensemble learns within a few epochs."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(600, 5, generator=generator)
+    return inputs, torch.cat([inputs[:, :1] * 0.5, torch.sin(inputs[:, :3])], dim=1)
+
+
+def toy_trainer(**model_fields):
+    """A small ensemble (3 members of 2 x 16, batch 64, fits of 3 epochs) and its trainer, the
+    same initial weights every call; ``model_fields`` set further ModelConfig fields."""
+    from mbpo_ray.config import ModelConfig
+    from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
+
+    cfg = ModelConfig(num_members=3, num_elites=2, hidden_width=16, num_hidden_layers=2, batch_size=64,
+                      weight_decays=(1e-4, 1e-4, 1e-4), max_fit_epochs=3, **model_fields)
+    torch.manual_seed(0)
+    return EnsembleTrainer(ProbabilisticEnsemble(3, 2, cfg), cfg)

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from mbpo_ray.agents.sac import SAC
-from mbpo_ray.config import ModelConfig, SACConfig
-from mbpo_ray.models.ensemble import ProbabilisticEnsemble
-from mbpo_ray.models.trainer import EnsembleTrainer
+from mbpo_ray.config import SACConfig
+from helpers import toy_fit_data, toy_trainer
 
 RTOL = 1e-4
 
@@ -52,16 +51,11 @@ def test_compiled_sac_update_matches_the_eager_update():
 
 
 def test_compiled_ensemble_fit_matches_the_eager_fit():
-    generator = torch.Generator().manual_seed(2)
-    inputs = torch.randn(600, 5, generator=generator)
-    targets = torch.cat([inputs[:, :1] * 0.5, torch.sin(inputs[:, :3])], dim=1)  # [reward, delta of obs 3]
+    inputs, targets = toy_fit_data()  # targets: [reward, delta of obs 3]
     results = {}
     for compiled in (False, True):
-        cfg = ModelConfig(num_members=3, num_elites=2, hidden_width=16, num_hidden_layers=2, batch_size=64,
-                          weight_decays=(1e-4, 1e-4, 1e-4), max_fit_epochs=3, compile=compiled)
-        torch.manual_seed(0)
-        model = ProbabilisticEnsemble(3, 2, cfg)
-        trainer = EnsembleTrainer(model, cfg)
+        trainer = toy_trainer(compile=compiled)
+        model = trainer.model
         before = _graphs_compiled()
         stats = [trainer.fit(inputs, targets) for _ in range(2)]  # 480 training rows: batches of 64 and 32
         assert (_graphs_compiled() > before) == compiled

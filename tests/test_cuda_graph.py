@@ -15,6 +15,7 @@ from mbpo_ray.config import ModelConfig, SACConfig
 from mbpo_ray.cuda_graph import WARMUP_STEPS, GraphedStep
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.stacked_fit import StackedFit
+from helpers import toy_fit_data, toy_trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CPU = torch.device("cpu")
@@ -95,20 +96,14 @@ def _opt(full_state):
 
 
 def test_graphed_ensemble_fit_equals_the_eager_fit():
-    g = torch.Generator().manual_seed(2)
-    inputs = torch.randn(600, 5, generator=g)
-    targets = torch.cat([inputs[:, :1] * 0.5, torch.sin(inputs[:, :3])], dim=1)
+    inputs, targets = toy_fit_data()
     results = {}
     for graphed in (False, True):
-        cfg = ModelConfig(num_members=3, num_elites=2, hidden_width=16, num_hidden_layers=2, batch_size=64,
-                          weight_decays=(1e-4, 1e-4, 1e-4), max_fit_epochs=3, cuda_graph=graphed)
-        torch.manual_seed(0)
-        model = ProbabilisticEnsemble(3, 2, cfg)
-        trainer = EnsembleTrainer(model, cfg)
+        trainer = toy_trainer(cuda_graph=graphed)
         stats = [trainer.fit(inputs, targets) for _ in range(2)]  # 480 training rows: batches of 64 and a last 32
         for s in stats:
             s.pop("model/fit_seconds")
-        results[graphed] = (stats, dict(model.state_dict()), _optimizer_tensors(trainer.optimizer))
+        results[graphed] = (stats, dict(trainer.model.state_dict()), _optimizer_tensors(trainer.optimizer))
         if graphed:
             assert trainer._graphed.captures == 1
     assert results[True][0] == results[False][0]
@@ -166,7 +161,6 @@ def test_a_run_with_graphed_steps_equals_the_eager_run(tiny_config, tmp_path):
     """The switches end to end: an MBPO run with both steps graphed is the eager run, metric for
     metric (wall-clock keys aside), and ends with the same learner and model."""
     from helpers import assert_states_equal, comparable
-
     from mbpo_ray.run_dir import RunDirectory
     from mbpo_ray.train import train
 
