@@ -77,6 +77,9 @@ class GraphedStep:
                 for _ in range(WARMUP_STEPS):
                     self.step(*static)
             torch.cuda.current_stream(device).wait_stream(side)
+            for t in self.state():  # as the recipe: the captured backward allocates the gradients
+                if t.is_leaf and t.grad is not None:
+                    t.grad = None
             graph = torch.cuda.CUDAGraph()
             flags = [(group, group.get("capturable", False)) for opt in self.optimizers for group in opt.param_groups]
             for group, _ in flags:
