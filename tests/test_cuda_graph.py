@@ -159,16 +159,25 @@ def test_graphed_stacked_fit_equals_the_eager_one():
 
 def test_a_run_with_graphed_steps_equals_the_eager_run(tiny_config, tmp_path):
     """The switches end to end: an MBPO run with both steps graphed is the eager run, metric for
-    metric (wall-clock keys aside), and ends with the same learner and model."""
+    metric (wall-clock keys aside), and ends with the same learner and model; so is an eager run
+    resumed with the graphs switched on."""
     from helpers import assert_states_equal, comparable
     from mbpo_ray.run_dir import RunDirectory
     from mbpo_ray.train import train
 
+    def config(graphed):
+        return tiny_config(**{"sac.cuda_graph": graphed, "model.cuda_graph": graphed})
+
     runs = []
     for name, graphed in (("eager", False), ("graphed", True)):
-        train(tiny_config(**{"sac.cuda_graph": graphed, "model.cuda_graph": graphed}), str(tmp_path / name),
-              progress=False)
+        train(config(graphed), str(tmp_path / name), progress=False)
         runs.append(RunDirectory(tmp_path / name))
-    eager, graphed = (comparable(r.read_metrics()) for r in runs)
-    assert len(eager) == 3 and graphed == eager
-    assert_states_equal(*(r.load_checkpoint()["algorithm"]["runtime"] for r in runs))
+    # an eager run stopped mid-way and resumed with the graphs on (--resume may switch them)
+    train(config(False), str(tmp_path / "switched"), progress=False, stop_at=350)
+    train(config(True), str(tmp_path / "switched"), resume=True, progress=False)
+    runs.append(RunDirectory(tmp_path / "switched"))
+    eager, graphed, switched = (comparable(r.read_metrics()) for r in runs)
+    assert len(eager) == 3 and graphed == eager and switched == eager
+    for run in runs[1:]:
+        assert_states_equal(run.load_checkpoint()["algorithm"]["runtime"],
+                            runs[0].load_checkpoint()["algorithm"]["runtime"])
