@@ -3,18 +3,20 @@ mbpo_ray/cuda_graph.py). On a CPU nothing is captured, but every other part runs
 inputs, the warm-up steps and the restore of the state they changed, the recapture after a
 checkpoint load. So a graphed learner must take exactly the eager learner's steps (bit for bit:
 both run the same kernels on the same machine); a restore that missed a tensor (a parameter, an
-Adam moment, a step count, the target critics) would show as a difference."""
+Adam moment, a step count, the target critics) would show as a difference. The last test checks
+what capture itself needs and a CPU cannot: that no graphed step reads a value on the host."""
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.agents.stacked import StackedUpdate
 from mbpo_ray.config import ModelConfig, SACConfig
 from mbpo_ray.cuda_graph import WARMUP_STEPS, GraphedStep
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
-from mbpo_ray.models.stacked_fit import StackedFit
+from mbpo_ray.models.stacked_fit import StackedFit, _Stack
 from helpers import toy_fit_data, toy_trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -181,3 +183,43 @@ def test_a_run_with_graphed_steps_equals_the_eager_run(tiny_config, tmp_path):
     for run in runs[1:]:
         assert_states_equal(run.load_checkpoint()["algorithm"]["runtime"],
                             runs[0].load_checkpoint()["algorithm"]["runtime"])
+
+
+# What a CUDA graph cannot hold: reading a value on the host (a sync, refused while capturing), a
+# tensor made from host data (a host-to-device copy), an output whose shape depends on the data.
+HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "nonzero",
+              "masked_select", "unique", "tensor"}
+
+
+class _NoHostReads(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            raise AssertionError(f"{name} inside a step meant for a CUDA graph")
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_graphed_steps_never_read_the_host():
+    """The capture rule that a CPU cannot enforce (nothing is captured here), checked on the
+    Python calls of each graphed step: SAC's, the fit's, the stacked update's, the stacked fit's
+    (each run once eagerly first, so that Adam's lazy state exists, as at a capture)."""
+    batch = _batches(1, seed=3)[0]
+    agent = SAC(4, 2, SACConfig(hidden_width=32, batch_size=32), CPU)
+    noise = agent.draw_noise(32)
+    trainer = toy_trainer()
+    inputs, targets = torch.randn(3, 64, 5), torch.randn(3, 64, 4)
+    stacked = StackedUpdate([SAC(4, 2, SACConfig(hidden_width=32, batch_size=32), CPU) for _ in range(2)])
+    columns, noises = [torch.stack([t, t]) for t in batch], torch.stack([noise, noise])
+    trainers = [toy_trainer(), toy_trainer()]
+    fit = StackedFit(trainers)
+    stack = _Stack(fit, trainers)
+    steps = [lambda: agent._step(*batch, noise), lambda: trainer._step(inputs, targets),
+             lambda: stacked._step(*columns, noises),
+             lambda: fit._step(stack, torch.stack([inputs, inputs]), torch.stack([targets, targets]))]
+    for step in steps:
+        step()
+        with _NoHostReads():
+            step()
+    with pytest.raises(AssertionError, match="item"):  # the guard does catch a host read
+        with _NoHostReads():
+            trainer._step(inputs, targets).item()
