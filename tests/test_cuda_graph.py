@@ -7,6 +7,8 @@ Adam moment, a step count, the target critics) would show as a difference. The l
 what capture itself needs and a CPU cannot: that no graphed step reads a value on the host."""
 from __future__ import annotations
 
+import traceback
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -223,3 +225,36 @@ def test_the_graphed_steps_never_read_the_host():
     with pytest.raises(AssertionError, match="item"):  # the guard does catch a host read
         with _NoHostReads():
             trainer._step(inputs, targets).item()
+
+
+class _CountHostReads(TorchFunctionMode):
+    """Counts host reads by the mbpo_ray function they happen in (the innermost frame of the
+    package on the stack), and those made anywhere below ``LocalRuntime.update_agent``."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_function, self.in_updates = {}, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in HOST_READS - {"tensor"}:
+            frames = [f for f in traceback.extract_stack()[:-1] if "mbpo_ray" in f.filename]
+            if frames:
+                self.by_function[frames[-1].name] = self.by_function.get(frames[-1].name, 0) + 1
+                self.in_updates += any(f.name == "update_agent" for f in frames)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_learning_env_step_reads_the_host_once(tiny_config, tmp_path):
+    """The GPU-resident loop's rule (docs/architecture.md#speed-rules), counted on a CPU run: the G
+    SAC updates of an env step never read a value on the host; a learning env step reads the
+    policy's action once (the simulator runs on the host); the other reads belong to the model
+    fit's early stopping, the rollouts' bookkeeping, evaluation, logging and checkpoints, each of
+    which runs once per many env steps."""
+    from mbpo_ray.train import train
+
+    cfg = tiny_config(total_steps=400)  # 200 random steps, then 200 learning steps
+    with _CountHostReads() as reads:
+        train(cfg, str(tmp_path / "run"), progress=False)
+    assert reads.in_updates == 0, reads.by_function
+    # the action of each learning step: one .cpu() and one .numpy()
+    assert reads.by_function["env_step"] == 2 * (cfg.total_steps - cfg.mbpo.init_random_steps)
