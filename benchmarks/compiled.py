@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
 from hot_paths import fit_epoch_ms, sac_update_ms  # benchmarks/hot_paths.py
-from machine import cpu_model  # benchmarks/machine.py
+from machine import cpu_model, write_results  # benchmarks/machine.py
 
 MODES = {"eager": {}, "compiled": {"compiled": True}, "graphed": {"graphed": True}}
 
@@ -44,9 +43,9 @@ def main() -> None:
             except Exception as error:  # one failing mode leaves the others their figures
                 figure = f"failed: {type(error).__name__}: {error}"
             result.setdefault(f"{name}_{mode}", []).append(figure)
+            write_results(args.out, result)
         print(json.dumps({k: v[-1] for k, v in result.items() if isinstance(v, list)}), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

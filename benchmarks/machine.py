@@ -1,6 +1,7 @@
-"""The machine a benchmark ran on, as its results record it."""
+"""The machine a benchmark ran on, as its results record it, and the writing of results."""
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 
@@ -14,3 +15,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_results(out: str, result: dict) -> None:
+    """Write a benchmark's figures so far as JSON. Called after every measurement by the
+    benchmarks that benchmarks/gpu_check.sh runs under time limits: one cut short keeps what it
+    measured."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")

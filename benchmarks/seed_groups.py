@@ -15,7 +15,6 @@ Three figures per group size:
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 import time
@@ -31,7 +30,7 @@ from mbpo_ray.models.stacked_fit import StackedFit
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seed_group import train_group
 from mbpo_ray.train import train
-from machine import cpu_model  # benchmarks/machine.py
+from machine import cpu_model, write_results  # benchmarks/machine.py
 
 OBS_DIM, ACT_DIM, BATCH = 11, 3, 256  # Hopper-v5's sizes, the preset's batch
 
@@ -155,10 +154,12 @@ def main() -> None:
     for n in args.seeds:
         ms = update_ms(n, device, args.updates, args.graphed)
         result["sac_update"].append({"seeds": n, "ms_per_update": ms, "ms_per_seed": ms / n})
+        write_results(args.out, result)
         print(f"SAC update, {n} seed(s): {ms:.2f} ms ({ms / n:.2f} ms per seed)", flush=True)
     for n in args.seeds:
         row = fit_epoch_ms(n, device, args.fit_size, graphed=args.graphed)
         result["model_fit"].append(row)
+        write_results(args.out, result)
         print(f"model fit epoch, {n} seed(s) x {args.fit_size}: stacked {row['stacked_ms_per_epoch']:.0f} ms, "
               f"separate {row['separate_ms_per_epoch']:.0f} ms", flush=True)
     if not args.skip_loop:
@@ -166,10 +167,10 @@ def main() -> None:
             for n in args.seeds:
                 row = loop_ms_per_step(n, args.device, args.warmup, args.steps, Path(tmp), args.graphed)
                 result["loop"].append(row)
+                write_results(args.out, result)
                 print(f"whole loop, {n} seed(s): {row['ms_per_env_step_group']:.0f} ms per env step of the group, "
                       f"{row['ms_per_env_step_per_seed']:.0f} ms per seed-step", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print("wrote", args.out)
 
 
