@@ -162,6 +162,18 @@ def test_a_seed_in_a_group_matches_the_seed_alone(group_runs):
     assert in_group[0] == alone[0]
 
 
+def test_a_graphed_group_equals_the_eager_group(group_runs, tmp_path):
+    """sac.cuda_graph and model.cuda_graph in a group (the stacked update and the stacked fit
+    replayed from graphs; on a CPU nothing is captured, docs/architecture.md#cuda-graphs): the
+    eager group's steps, seed for seed, bit for bit."""
+    cfg = make_config("InvertedPendulum-v5", {**GROUP_OVERRIDES, "sac.cuda_graph": True, "model.cuda_graph": True})
+    train_group(cfg, [3, 4], str(tmp_path / "g"), progress=False)
+    for seed in (3, 4):
+        graphed = comparable(GroupDirectory(tmp_path / "g").lane(seed).read_metrics())
+        eager = comparable(GroupDirectory(group_runs / "group").lane(seed).read_metrics())
+        assert len(graphed) == 3 and graphed == eager
+
+
 def test_group_resume_ends_where_the_uninterrupted_group_ends(group_runs, tmp_path):
     cfg = make_config("InvertedPendulum-v5", GROUP_OVERRIDES)
     part = train_group(cfg, [3, 4], str(tmp_path / "g"), progress=False, stop_at=333)
