@@ -36,8 +36,9 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _optimizer_tensors(optimizer) -> dict:
-    return {f"{i}.{k}": v for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
+def _adam_tensors(optimizer_state: dict) -> dict:
+    """An optimiser's ``state_dict()`` as {"<param>.<key>": tensor}."""
+    return {f"{i}.{k}": v for i, st in optimizer_state["state"].items() for k, v in st.items()}
 
 
 def test_graphed_step_warms_up_then_restores_the_state():
@@ -62,7 +63,7 @@ def test_graphed_step_warms_up_then_restores_the_state():
 
         run = GraphedStep(step, lambda: list(layer.parameters()), [optimizer]) if graphed else step
         losses = torch.stack([run(*d) for d in data])
-        results.append((losses, dict(layer.state_dict()), _optimizer_tensors(optimizer)))
+        results.append((losses, dict(layer.state_dict()), _adam_tensors(optimizer.state_dict())))
         assert len(calls) == len(data) + (WARMUP_STEPS if graphed else 0)
     (eager_losses, eager_w, eager_adam), (graph_losses, graph_w, graph_adam) = results
     assert torch.equal(graph_losses, eager_losses)
@@ -91,12 +92,8 @@ def test_graphed_sac_update_equals_the_eager_update_across_a_checkpoint_load():
     (eager_metrics, eager_state), (graph_metrics, graph_state) = runs[False], runs[True]
     assert torch.equal(graph_metrics, eager_metrics)
     assert _same(graph_state["module"], eager_state["module"])  # policy, critics, targets, alpha
-    assert _same(_opt(graph_state), _opt(eager_state))
+    assert _same(_adam_tensors(graph_state["optimizer"]), _adam_tensors(eager_state["optimizer"]))
     assert not graph_state["optimizer"]["param_groups"][0]["capturable"]  # loads on any device
-
-
-def _opt(full_state):
-    return {f"{i}.{k}": v for i, s in full_state["optimizer"]["state"].items() for k, v in s.items()}
 
 
 def test_graphed_ensemble_fit_equals_the_eager_fit():
@@ -107,7 +104,7 @@ def test_graphed_ensemble_fit_equals_the_eager_fit():
         stats = [trainer.fit(inputs, targets) for _ in range(2)]  # 480 training rows: batches of 64 and a last 32
         for s in stats:
             s.pop("model/fit_seconds")
-        results[graphed] = (stats, dict(trainer.model.state_dict()), _optimizer_tensors(trainer.optimizer))
+        results[graphed] = (stats, dict(trainer.model.state_dict()), _adam_tensors(trainer.optimizer.state_dict()))
         if graphed:
             assert trainer._graphed.captures == 1
     assert results[True][0] == results[False][0]
@@ -130,7 +127,7 @@ def test_graphed_stacked_update_equals_the_eager_one():
         runs[graphed] = (torch.stack(metrics), [a.full_state_dict() for a in agents])
     assert torch.equal(runs[True][0], runs[False][0])
     for a, b in zip(runs[True][1], runs[False][1]):
-        assert _same(a["module"], b["module"]) and _same(_opt(a), _opt(b))
+        assert _same(a["module"], b["module"]) and _same(_adam_tensors(a["optimizer"]), _adam_tensors(b["optimizer"]))
 
 
 def test_graphed_stacked_fit_equals_the_eager_one():
