@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from mbpo_ray.agents.sac import SAC
 from mbpo_ray.config import SACConfig
 from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.envs import make_env
+from machine import cpu_model  # benchmarks/machine.py
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -87,7 +87,7 @@ def main():
             times[name].append((time.perf_counter() - t0) / args.updates * 1e3)
     result = {
         "benchmark": "SAC gradient step incl. batch sampling, ms per update (median of rounds)",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "batch_size": args.batch_size, "updates_per_round": args.updates, "rounds": args.rounds,
         "ms_per_update": {k: statistics.median(v) for k, v in times.items()},
