@@ -89,7 +89,8 @@ class StackedFit:
         stack = _Stack(self, trainers)
         # model.cuda_graph: each full batch's step replayed from a graph of this stack (captured
         # anew when seeds leave it: its tensors are new ones then)
-        graphed = GraphedStep(partial(self._step, stack), stack.tensors) if self.cuda_graph else None
+        eager = partial(self._step, stack)
+        graphed = GraphedStep(eager, stack.tensors) if self.cuda_graph else None
         finals: Dict[int, Tuple[Dict[str, torch.Tensor], Dict[str, Tuple]]] = {}
         active = list(range(len(trainers)))  # seeds still fitting: the stack's rows, in order
         device = runs[0].train_in.device
@@ -104,7 +105,7 @@ class StackedFit:
                 inputs = torch.stack([runs[i].train_in[runs[i].batch(o, b)] for i, o in zip(active, orders)])
                 targets = torch.stack([runs[i].train_tg[runs[i].batch(o, b)] for i, o in zip(active, orders)])
                 full = inputs.shape[2] == self.batch_size
-                step = graphed if graphed is not None and full else partial(self._step, stack)
+                step = graphed if graphed is not None and full else eager
                 loss_sum += step(inputs, targets)
             train_loss = (loss_sum / num_batches).tolist()
             num_members = runs[0].num_members  # each seed's holdout [N, in], the same for all its members
