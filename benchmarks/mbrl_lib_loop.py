@@ -46,11 +46,11 @@ def timed(cmd: list, log: Path, env: dict) -> dict:
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} {cmd[1]} failed ({proc.returncode}); see {log}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{cmd[0]} {cmd[1]} failed ({code}); see {log}")
     lines = out.strip().splitlines()
     return {"wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024),
             "last_line": lines[-1] if lines else ""}
@@ -106,6 +106,8 @@ def main() -> None:
     if args.learning_steps <= 0 or args.learning_steps % 1000:
         p.error(f"--learning-steps must be a positive multiple of 1000 (mbrl-lib runs whole "
                 f"1,000-step epochs), got {args.learning_steps}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     if not (Path(args.peer) / "venv" / "bin" / "python").exists():
         p.error(f"--peer {args.peer}: no venv there; run bash benchmarks/mbrl_lib_setup.sh {args.peer}")
 
