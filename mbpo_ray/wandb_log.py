@@ -5,9 +5,16 @@ One W&B run per run directory: the resolved config, each epoch record against ``
 (W&B's step axis for every key), the learning curve image at the end. Its files live in
 ``RUN/wandb/``. ``wandb`` is imported only when a logger starts.
 
-Mode: ``auto`` is online when WANDB_API_KEY is set and offline otherwise (``wandb sync`` uploads
-offline runs later); ``offline``, ``online`` and ``disabled`` force one. The key is read by
-wandb itself from the environment: this module never reads, passes or writes it.
+Mode: ``auto`` follows WANDB_MODE when the environment sets it (W&B's own convention), else it is
+online when WANDB_API_KEY is set and offline otherwise (``wandb sync`` uploads offline runs
+later); ``offline``, ``online`` and ``disabled`` force one. The key is read by wandb itself from
+the environment: this module never reads, passes or writes it.
+
+Logging never costs a run (docs/sweeps.md, "W&B"): an online start waits at most
+``init_timeout`` seconds for W&B's servers and, when they cannot be reached, the run logs
+offline in the same folder, with one warning saying how to upload it later; any other W&B error
+(starting, logging, finishing) is one warning line, after which the run goes on without W&B.
+The metrics, checkpoints and curve of the run directory never depend on W&B.
 
 A record is sent to W&B once a checkpoint covers it (every record when
 ``checkpoint_every_epochs`` is 1, and all of them when the run ends or stops): a run resumed
@@ -19,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -29,6 +39,9 @@ from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seeds import GroupDirectory
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
+# WANDB_MODE values W&B accepts, as the mode they mean ("dryrun" and "run" are its old names)
+ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "dryrun": "offline", "run": "online"}
+DEFAULT_INIT_TIMEOUT_S = 30.0
 STEP_KEY = "env_steps"
 CURVE_KEY = "curve"
 _RUN_FOLDER = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>[A-Za-z0-9_-]+)$")
@@ -44,19 +57,58 @@ class WandbOptions:
     group: Optional[str] = None
     tags: Tuple[str, ...] = ()
     mode: str = "auto"
+    # How long an online run waits for W&B's servers when it starts before it logs offline
+    # instead (W&B's init_timeout setting).
+    init_timeout: float = DEFAULT_INIT_TIMEOUT_S
 
     def to_plain(self) -> Dict[str, Any]:
         return {"project": self.project, "entity": self.entity, "group": self.group,
-                "tags": list(self.tags), "mode": self.mode}
+                "tags": list(self.tags), "mode": self.mode, "init_timeout": self.init_timeout}
 
 
 def resolve_mode(mode: str, environ: Mapping[str, str] = os.environ) -> str:
-    """``auto`` -> online with an API key in the environment, else offline."""
+    """``auto`` -> WANDB_MODE when the environment sets it to a mode W&B knows, else online with
+    an API key in the environment, else offline. The other modes are what they say."""
     if mode not in WANDB_MODES:
         raise ConfigError(f"wandb mode {mode!r} is not allowed: one of {', '.join(WANDB_MODES)}")
-    if mode == "auto":
-        return "online" if environ.get("WANDB_API_KEY") else "offline"
-    return mode
+    if mode != "auto":
+        return mode
+    env_mode = environ.get("WANDB_MODE", "").strip().lower()
+    if env_mode in ENV_MODES:
+        return ENV_MODES[env_mode]
+    if env_mode:
+        warn(f"WANDB_MODE={env_mode!r} is not a W&B mode (one of {', '.join(ENV_MODES)}); "
+             f"wandb mode auto decides by WANDB_API_KEY")
+    return "online" if environ.get("WANDB_API_KEY") else "offline"
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (a trial's stderr is shown by Tune)."""
+    sys.stderr.write(f"mbpo-ray: warning: W&B: {message}\n")
+    sys.stderr.flush()
+
+
+# Runs of this process that are open (seed groups log one per seed, side by side), and whether an
+# online start of this process has already failed (the next runs then start offline at once).
+_OPEN_RUNS: set = set()
+_ONLINE_FAILED = False
+
+
+def _release_service(wandb) -> None:
+    """A failed ``wandb.init`` leaves its run open in this process's W&B service, which then
+    refuses the same id ("run ID ... is in use"): when no other run of this process is open,
+    shut that service down, and the offline start gets a fresh one."""
+    if _OPEN_RUNS:
+        return
+    try:
+        wandb.teardown()
+    except Exception:  # noqa: BLE001  (the offline start then reports what fails)
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
 SERVICE_VARIABLE = "WANDB_SERVICE"
@@ -78,13 +130,18 @@ def own_service(environ=os.environ) -> None:
 
 
 def existing_run_id(run_dir: Path) -> Optional[str]:
-    """The id of the newest W&B run in ``RUN/wandb/`` (a resumed run continues it)."""
+    """The id of the newest W&B run in ``RUN/wandb/`` (a resumed run continues it): the name of
+    its ``run-<id>.wandb`` file (W&B adds ``-1``, ``-2`` to a folder's name when two starts of
+    a run fall in the same second), else the end of the folder's name."""
     folder = Path(run_dir) / "wandb"
     if not folder.is_dir():
         return None
     found = sorted((p.name for p in folder.iterdir() if p.is_dir() and _RUN_FOLDER.match(p.name)),
                    key=lambda name: name.split("run-", 1)[1])
-    return _RUN_FOLDER.match(found[-1]).group("id") if found else None
+    if not found:
+        return None
+    logs = sorted(p.name for p in (folder / found[-1]).glob("run-*.wandb"))
+    return logs[0][len("run-"):-len(".wandb")] if logs else _RUN_FOLDER.match(found[-1]).group("id")
 
 
 def stable_run_id(*parts: str) -> str:
@@ -104,6 +161,7 @@ class WandbLogger:
         self.mode = resolve_mode(options.mode)
         self.run_id, self.extra_config = run_id, dict(extra_config or {})
         self.run = None
+        self.open_id: Optional[str] = None
         self.pending: List[Dict[str, Any]] = []
         self.last_step = 0
 
@@ -112,43 +170,104 @@ class WandbLogger:
         return self.mode != "disabled"
 
     def start(self, run: RunDirectory, cfg: TrainConfig) -> None:
+        global _ONLINE_FAILED
         if not self.enabled:
             return
-        import wandb  # only now: importing wandb costs a second or two
+        try:
+            import wandb  # only now: importing wandb costs a second or two
+        except Exception as exc:  # noqa: BLE001  (logging never costs a run)
+            warn(f"cannot import wandb ({_first_line(exc)}); this run is not logged to W&B")
+            return
+        folder = Path(run.path) / "wandb"
+        # one id for the run whichever mode it ends up in: an online start that fails continues
+        # offline as the same run, which `wandb sync` then uploads
+        run_id = existing_run_id(run.path) or self.run_id or secrets.token_hex(4)
+        before = set(os.listdir(folder)) if folder.is_dir() else set()
+        if self.mode == "online" and _ONLINE_FAILED:
+            self.mode = "offline"
+            warn(f"W&B could not be reached earlier in this process; this run logs offline to {folder}: "
+                 f"upload it later with `wandb sync {folder}/offline-run-*`")
+        try:
+            self.run = self._init(wandb, run, cfg, run_id, self.mode)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if self.mode != "online":
+                warn(f"could not start the {self.mode} run ({_first_line(exc)}); this run is not logged to W&B")
+                return
+            reason = _first_line(exc)
+        _ONLINE_FAILED = True
+        _release_service(wandb)
+        # what the failed online start left is not a run to upload
+        for name in (set(os.listdir(folder)) if folder.is_dir() else set()) - before:
+            if _RUN_FOLDER.match(name) and not name.startswith("offline-"):
+                shutil.rmtree(folder / name, ignore_errors=True)
+        try:
+            self.run = self._init(wandb, run, cfg, run_id, "offline")
+        except Exception as exc:  # noqa: BLE001
+            warn(f"could not start online ({reason}) nor offline ({_first_line(exc)}); this run is not "
+                 f"logged to W&B")
+            return
+        self.mode = "offline"
+        warn(f"could not reach W&B within {self.options.init_timeout:g} s ({reason}); this run logs offline "
+             f"to {folder}: upload it later with `wandb sync {folder}/offline-run-*`")
 
-        self.run = wandb.init(
-            dir=str(run.path), mode=self.mode, project=self.options.project, entity=self.options.entity,
+    def _init(self, wandb, run: RunDirectory, cfg: TrainConfig, run_id: str, mode: str):
+        wb = wandb.init(
+            dir=str(run.path), mode=mode, project=self.options.project, entity=self.options.entity,
             group=self.options.group, name=self.name, tags=list(self.options.tags) or None,
-            id=existing_run_id(run.path) or self.run_id, resume="allow",
+            id=run_id, resume="allow",
             reinit="create_new",  # the seeds of a group each have a run, open side by side
             config={**to_dict(cfg), **self.extra_config},
             # console off: Tune and the progress bar own the terminal; nothing else is changed
-            settings=wandb.Settings(console="off", silent=True))
-        self.run.define_metric(STEP_KEY)
-        self.run.define_metric("*", step_metric=STEP_KEY)
+            settings=wandb.Settings(console="off", silent=True, init_timeout=self.options.init_timeout))
+        _OPEN_RUNS.add(run_id)
+        self.open_id = run_id
+        wb.define_metric(STEP_KEY)
+        wb.define_metric("*", step_metric=STEP_KEY)
+        return wb
 
     def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
         if self.run is None:
             return
         self.pending.append(record)
         if checkpoint is not None:
-            self._flush()
+            self._guarded("log an epoch", self._flush)
 
     def end(self, result) -> None:
         if self.run is None:
             return
-        self._flush()
+        self._guarded("log the last epochs", self._flush)
         curve = result.run_dir.curve_path
-        if curve.is_file():
-            import wandb
+        if self.run is not None and curve.is_file():
+            def send_curve():
+                import wandb
 
-            self.run.log({STEP_KEY: result.env_steps, CURVE_KEY: wandb.Image(str(curve))})
-        self.run.summary["completed"] = result.completed
+                self.run.log({STEP_KEY: result.env_steps, CURVE_KEY: wandb.Image(str(curve))})
+            self._guarded("send the curve", send_curve)
+        if self.run is not None:
+            self._guarded("write the summary", lambda: self.run.summary.__setitem__("completed", result.completed))
 
     def close(self) -> None:
         if self.run is not None:
             run, self.run = self.run, None
-            run.finish()
+            try:
+                run.finish()
+            except Exception as exc:  # noqa: BLE001
+                warn(f"could not finish the run ({_first_line(exc)}); the run directory is complete")
+        _OPEN_RUNS.discard(self.open_id)
+
+    def _guarded(self, what: str, action) -> None:
+        """Do ``action``; a W&B error is one warning, after which this run stops logging to W&B."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001  (logging never costs a run)
+            warn(f"could not {what} ({_first_line(exc)}); the run goes on without W&B")
+            run, self.run = self.run, None
+            try:
+                run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001
+                pass
+            _OPEN_RUNS.discard(self.open_id)
 
     def _flush(self) -> None:
         for record in self.pending:
@@ -173,8 +292,11 @@ def add_wandb_arguments(parser, train: bool) -> None:
                         help="W&B group" + ("" if train else " (default: the study name)"))
     parser.add_argument("--wandb-tags", metavar="T1,T2", help="W&B tags, comma-separated")
     parser.add_argument("--wandb-mode", choices=WANDB_MODES,
-                        help="auto (default: online when WANDB_API_KEY is set, else offline), offline, online, "
-                             "disabled")
+                        help="auto (default: WANDB_MODE if set, else online when WANDB_API_KEY is set, else "
+                             "offline), offline, online, disabled")
+    parser.add_argument("--wandb-init-timeout", metavar="S", type=float,
+                        help=f"seconds an online run waits for W&B when it starts before it logs offline "
+                             f"(default {DEFAULT_INIT_TIMEOUT_S:g})")
 
 
 def wandb_overrides(args) -> Dict[str, Any]:
@@ -186,6 +308,11 @@ def wandb_overrides(args) -> Dict[str, Any]:
             if not value:
                 raise ConfigError(f"--wandb-{key}: expected a non-empty value")
             out[key] = value
+    timeout = getattr(args, "wandb_init_timeout", None)
+    if timeout is not None:
+        if not timeout > 0:
+            raise ConfigError(f"--wandb-init-timeout {timeout:g} is not allowed: a number of seconds above 0")
+        out["init_timeout"] = float(timeout)
     if getattr(args, "wandb_tags", None) is not None:
         out["tags"] = tuple(t.strip() for t in args.wandb_tags.split(",") if t.strip())
     if getattr(args, "no_wandb", False):

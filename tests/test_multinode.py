@@ -29,6 +29,7 @@ tune = pytest.importorskip("ray.tune")
 
 import numpy as np  # noqa: E402
 
+import mbpo_ray.runtime.ray.capacity as capacity_module  # noqa: E402
 import mbpo_ray.tune.sweep as sweep_module  # noqa: E402
 from mbpo_ray.algos import make_algorithm  # noqa: E402
 from mbpo_ray.cli import main  # noqa: E402
@@ -306,7 +307,7 @@ def test_a_folder_on_this_machine_serves_a_cluster_whose_nodes_are_all_on_it(nod
     deadline = time.time() + 30  # the monitor writes every few seconds
     while not _internal_kv_get(DEBUG_AUTOSCALING_STATUS) and time.time() < deadline:
         time.sleep(0.5)
-    assert _internal_kv_get(DEBUG_AUTOSCALING_STATUS) and not sweep_module._autoscaling()
+    assert _internal_kv_get(DEBUG_AUTOSCALING_STATUS) and not capacity_module.autoscaling()
     check_storage(load_study(write_study(tmp_path, "here")), StudyFolder(str(tmp_path / "out")), "--out")
 
 
@@ -337,11 +338,11 @@ def status(active):
 
 def test_an_autoscaler_that_launches_nodes_is_told_from_the_monitor_of_a_hand_made_cluster():
     node = "node_" + "ab12" * 14  # the monitor of a cluster started by hand: a type per node id
-    assert not sweep_module.autoscaler_adds_nodes(status({node: 1}))
-    assert sweep_module.autoscaler_adds_nodes(status({"head": 1}))  # `ray up`: the config's types
-    assert sweep_module.autoscaler_adds_nodes(json.dumps({"autoscaler_report": {
+    assert not capacity_module.autoscaler_adds_nodes(status({node: 1}))
+    assert capacity_module.autoscaler_adds_nodes(status({"head": 1}))  # `ray up`: the config's types
+    assert capacity_module.autoscaler_adds_nodes(json.dumps({"autoscaler_report": {
         "active_nodes": {node: 1}, "pending_launches": {"cpu": 2}}}).encode())
-    assert not sweep_module.autoscaler_adds_nodes(None) and not sweep_module.autoscaler_adds_nodes(b"{}")
+    assert not capacity_module.autoscaler_adds_nodes(None) and not capacity_module.autoscaler_adds_nodes(b"{}")
 
 
 def test_storage_shared_is_a_boolean_study_key_that_a_resumed_study_keeps(tmp_path):

@@ -465,3 +465,22 @@ def test_random_returns_are_measured_reproducibly():
     # reward 1 per step upright: a random policy drops the pole within a few dozen steps (5.2 on
     # average over 100 episodes), far from the time limit's 1,000
     assert len(first) == 3 and all(0 <= r < 1000 for r in first)
+
+
+def test_a_runs_online_wandb_folder_is_not_taken_for_a_run(tmp_path):
+    # an online W&B run keeps the run's config (with env_id and algo) in
+    # wandb/run-<time>-<id>/files/config.yaml, beside W&B's own files
+    root = tmp_path / "study"
+    run_dir = write_run(root / "mbpo-s0", "InvertedPendulum-v5", "mbpo", 0, [0, 1, 2, 3])
+    files = run_dir / "wandb" / "run-20261207_101010-a1b2c3d4" / "files"
+    files.mkdir(parents=True)
+    (files / "config.yaml").write_text("_wandb:\n  value: {cli_version: 0.31.0}\nenv_id:\n  value: InvertedPendulum-v5\n"
+                                       "algo:\n  value: mbpo\nseed:\n  value: 0\n")
+    (files / "wandb-summary.json").write_text("{}")
+    (files.parent / "run-a1b2c3d4.wandb").write_bytes(b"")
+    from mbpo_ray.analysis.report import find_run_dirs
+
+    assert find_run_dirs([root]) == [run_dir.resolve()]
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out), "--reps", "100"]) == 0
+    assert aggregates_runs(parse_report(out)) == {"mbpo": "1"}

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 import mbpo_ray.tune.sweep as sweep_module
 from mbpo_ray.cli import main
@@ -16,7 +17,8 @@ from mbpo_ray.runtime.ray.cluster import required_resources
 from mbpo_ray.tune.study import (DRIVER_CPUS, StudyError, cells, dump_study, load_study, parse_yaml,
                                  study_from_yaml, total, trial_bundles, trial_config, trial_table,
                                  validate_study)
-from mbpo_ray.tune.sweep import StudyFolder, check_cluster
+from mbpo_ray.runtime.ray.capacity import Capacity, NodeType, monitor_config_path, node_types_of_config
+from mbpo_ray.tune.sweep import StudyFolder, check_cluster, waiting_note
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "tune_configs").glob("*.yaml"))
@@ -355,17 +357,64 @@ def test_a_trial_the_cluster_can_never_hold_is_refused(tmp_path):
     plans = validate_study(study)
     with pytest.raises(StudyError, match=r"^gpus_per_trial: trial mbpo-InvertedPendulum-v5-seed0 needs 1 CPU, 1 GPU "
                                          r".* but the Ray cluster has 0 GPU: it could never start"):
-        check_cluster(plans, {"CPU": 8.0}, [{"CPU": 8.0}])
-    check_cluster(plans, {"CPU": 2.0, "GPU": 1.0}, [{"CPU": 2.0, "GPU": 1.0}])  # fits
+        check_cluster(plans, Capacity([{"CPU": 8.0}]))
+    assert check_cluster(plans, Capacity([{"CPU": 2.0, "GPU": 1.0}])) == []  # fits now
 
     ray_base = BASE.replace("all: {eval_episodes: 2}", "all: {eval_episodes: 2, runtime: ray, ray.learner_cpus: 4}")
     ray_study = load_study(write(tmp_path, ray_base, "r.yaml"))
     plans = validate_study(ray_study)
     # 8 CPUs in all, but no node holds the learner's 4
     with pytest.raises(StudyError, match=r"^overrides.all.ray.learner_cpus: trial .* has a bundle of 4 CPU that no node"):
-        check_cluster(plans, {"CPU": 9.0}, [{"CPU": 3.0}, {"CPU": 3.0}, {"CPU": 3.0}])
+        check_cluster(plans, Capacity([{"CPU": 3.0}, {"CPU": 3.0}, {"CPU": 3.0}]))
     with pytest.raises(StudyError, match=r"needs 9 CPU .* but the Ray cluster has 8 CPU"):
-        check_cluster(plans, {"CPU": 8.0}, [{"CPU": 8.0}])
+        check_cluster(plans, Capacity([{"CPU": 8.0}]))
+
+
+# The shipped cluster files' shape: a head with CPU 0, GPU and CPU worker types from 0 nodes.
+HEAD_ONLY = [{"CPU": 0.0, "memory": 1e9}]
+NODE_TYPES = [NodeType("head", {"CPU": 0.0}, 1), NodeType("gpu", {"CPU": 8.0, "GPU": 1.0, "mbpo_learner": 100.0}, 4),
+              NodeType("cpu", {"CPU": 16.0, "mbpo_worker": 100.0}, 16)]
+
+
+def test_an_autoscaling_cluster_with_only_its_head_takes_trials_its_node_types_can_hold(tmp_path):
+    study = load_study(write(tmp_path, BASE + "gpus_per_trial: 1\n"))
+    plans = validate_study(study)
+    # the check of the live nodes alone refused this at once ("needs 1 CPU, 1 GPU ... has 0")
+    capacity = Capacity(HEAD_ONLY, autoscaling=True, node_types=NODE_TYPES, source="from test")
+    assert check_cluster(plans, capacity) == plans  # they wait for the autoscaler
+    note = waiting_note(plans, capacity)
+    assert "pending on the autoscaler" in note and "gpu (up to 4)" in note
+    # a node types' maximum that can never hold the trial is still refused, naming the node types
+    small = Capacity(HEAD_ONLY, autoscaling=True, node_types=NODE_TYPES[:1] + NODE_TYPES[2:], source="x")
+    with pytest.raises(StudyError, match=r"needs 1 CPU, 1 GPU .* but the Ray cluster has at most 0 GPU "
+                                         r"\(an autoscaler with the node types head .*cpu \(up to 16\)"):
+        check_cluster(plans, small)
+    # a bundle bigger than any node type: refused
+    ray_base = BASE.replace("all: {eval_episodes: 2}", "all: {eval_episodes: 2, runtime: ray, ray.learner_cpus: 32}")
+    plans = validate_study(load_study(write(tmp_path, ray_base, "r.yaml")))
+    with pytest.raises(StudyError, match=r"has a bundle of 32 CPU that no node of the Ray cluster can hold "
+                                         r"\(nodes and node types: .*cpu: 16 CPU"):
+        check_cluster(plans, capacity)
+    # an autoscaler whose node types are not known here: nothing refused, the trials wait
+    assert check_cluster(plans, Capacity(HEAD_ONLY, autoscaling=True)) == plans
+
+
+def test_node_types_of_a_cluster_file_and_of_the_autoscalers_monitor(tmp_path):
+    config = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    types = {t.name: t for t in node_types_of_config(config)}
+    assert types["head"].max_count == 1 and types["head"].resources == {"CPU": 0.0}
+    assert types["gpu"].max_count == 4 and types["gpu"].resources["GPU"] == 1.0
+    assert types["cpu"].max_count == 16 and types["cpu"].amount("mbpo_worker") == 100.0
+    # a process whose arguments name an autoscaling config, as Ray's monitor on the head
+    proc = tmp_path / "proc"
+    (proc / "17").mkdir(parents=True)
+    (proc / "self").mkdir()
+    config_file = tmp_path / "bootstrap.yaml"
+    config_file.write_text("head_node_type: head\n")
+    (proc / "17" / "cmdline").write_bytes(b"python\0-u\0monitor.py\0--autoscaling-config=" + str(config_file).encode()
+                                          + b"\0--logs-dir=/x\0")
+    assert monitor_config_path(str(proc)) == config_file
+    assert monitor_config_path(str(tmp_path / "nothing")) is None
 
 
 def test_study_folder_locations():
@@ -376,3 +425,18 @@ def test_study_folder_locations():
     assert not local.is_uri and local.runs_dir == str(Path.cwd() / "runs/sweeps/x/runs")
     assert local.storage_path == str(Path.cwd() / "runs/sweeps/x")
     assert StudyFolder("file:///tmp/a").path == Path("/tmp/a")
+
+
+@pytest.mark.parametrize("env, part", [
+    ("Hopper-v5", "Hopper-v5"),
+    ("dm_control/cartpole-swingup-v0", "dm_control_cartpole-swingup-v0-"),
+    ("mypkg.envs:Arm", "mypkg.envs_Arm-"),
+    ("pkg:ns/Env-v0", "pkg_ns_Env-v0-")])
+def test_trial_names_are_folder_names_for_any_env_id(env, part):
+    from mbpo_ray.tune.study import cell_name, name_part
+
+    name = cell_name("mbpo", env, [0], None)
+    assert name.startswith(f"mbpo-{part}") and name.endswith("-seed0")
+    assert all(c.isalnum() or c in "._-" for c in name)
+    # two ids that differ only in a character the name cannot hold get different names
+    assert name_part("a/b-v0") != name_part("a:b-v0")

@@ -52,20 +52,38 @@ def ray_cluster():
     # They also inherit a W&B service token of this process, as they would from a notebook that
     # used wandb before starting the sweep: here one of no live service, so a trial that used
     # it instead of starting its own (wandb_log.own_service) fails.
-    saved = os.environ.get("WANDB_API_KEY"), os.environ.get("WANDB_SERVICE")
+    # W&B's servers cannot be reached (a cluster without egress): WANDB_BASE_URL is a closed
+    # port of this machine, so a trial that tries online must fall back to offline by itself.
+    names = ("WANDB_API_KEY", "WANDB_SERVICE", "WANDB_BASE_URL", "WANDB_MODE")
+    saved = tuple(os.environ.get(name) for name in names)
     os.environ["WANDB_API_KEY"] = FAKE_KEY
     os.environ["WANDB_SERVICE"] = f"3-{os.getpid()}-unix-/nonexistent/wandb-service.sock"
+    os.environ["WANDB_BASE_URL"] = f"http://127.0.0.1:{closed_port()}"
+    os.environ.pop("WANDB_MODE", None)
+    # trial processes import tests/namespaced_envs.py, as a user's plugin package
+    names += ("PYTHONPATH",)
+    saved += (os.environ.get("PYTHONPATH"),)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=CLUSTER_CPUS, object_store_memory=128 * 1024 * 1024,
              include_dashboard=False, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-        for name, value in zip(("WANDB_API_KEY", "WANDB_SERVICE"), saved):
+        for name, value in zip(names, saved):
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def closed_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def write_study(folder: Path, body: str, name: str) -> Path:
@@ -103,7 +121,8 @@ class KillOnce(tune.Callback):
 
 @pytest.fixture(scope="module")
 def smoke(ray_cluster, tmp_path_factory):
-    """2 algorithms x 2 seeds, 400 env steps each, W&B offline; one trial's worker killed."""
+    """2 algorithms x 2 seeds, 400 env steps each, W&B in auto mode with a key and no route to
+    W&B (each trial tries online, waits 3 s, logs offline); one trial's worker killed."""
     root = tmp_path_factory.mktemp("smoke")
     path = write_study(root, """
         algorithms: [mbpo, sac]
@@ -112,7 +131,7 @@ def smoke(ray_cluster, tmp_path_factory):
         budget: {env_steps: 400}
         max_concurrent_trials: 2
         max_failures: 1
-        wandb: {mode: offline, group: smoke-test, tags: [ci]}
+        wandb: {mode: auto, group: smoke-test, tags: [ci], init_timeout: 3}
         """, "smoke")
     folder = root / "study"
     killer = KillOnce("sac-InvertedPendulum-v5-seed1", folder / "runs")
@@ -158,7 +177,7 @@ def test_smoke_study_logs_every_trial_to_wandb_offline(smoke):
     for run_dir in (folder / "runs").iterdir():
         runs = sorted((run_dir / "wandb").glob("offline-run-*"))
         run_id = stable_run_id(study_id, run_dir.name)
-        assert runs and all(r.name.endswith("-" + run_id) for r in runs), runs
+        assert runs and all((r / f"run-{run_id}.wandb").is_file() for r in runs), runs
         # the killed trial's two processes logged to one W&B run
         assert len(runs) == (2 if run_dir.name == smoke["killer"].name else 1)
         data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
@@ -171,12 +190,44 @@ def test_no_file_of_the_study_holds_the_api_key(smoke):
     assert len(files) > 40  # run directories, W&B files, Tune's state and checkpoints
     holders = [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()]
     assert holders == []
+    # nor do Ray's session logs (every process of the session, trials included)
+    logs = [p for p in Path(ray._private.worker._global_node.get_logs_dir_path()).rglob("*") if p.is_file()]
+    assert len(logs) > 10
+    assert [str(p) for p in logs if FAKE_KEY.encode() in p.read_bytes()] == []
+
+
+def test_every_trial_fell_back_to_offline_and_no_online_folder_is_left(smoke):
+    for run_dir in (smoke["folder"] / "runs").iterdir():
+        folders = [p.name for p in (run_dir / "wandb").iterdir() if p.is_dir() and not p.is_symlink()]
+        assert folders and all(name.startswith("offline-run-") for name in folders), folders
 
 
 def test_a_trial_folder_resumes_with_mbpo_ray_train(smoke):
     run = smoke["folder"] / "runs" / "sac-InvertedPendulum-v5-seed0"
     assert main(["train", "--resume", str(run), "--steps", "600", "--no-progress"]) == 0
     assert env_steps(RunDirectory(run)) == [200, 400, 600]
+
+
+def test_a_namespaced_env_id_trains_resumes_and_is_reported_verbatim(ray_cluster, tmp_path):
+    from namespaced_envs import QUALIFIED_ID  # "namespaced_envs:mbpo_test/Pendulum-v0"
+
+    path = write_study(tmp_path, f"""
+        algorithms: [sac]
+        envs: ['{QUALIFIED_ID}']
+        seeds: [0]
+        budget: {{env_steps: 400}}
+        wandb: {{mode: offline}}
+        """, "namespaced")
+    folder = tmp_path / "study"
+    assert sweep(str(path), out=str(folder), verbose=0) == 0
+    (trial,) = list((folder / "runs").iterdir())
+    assert "/" not in trial.name and ":" not in trial.name and "mbpo_test_Pendulum-v0" in trial.name
+    run = RunDirectory(trial)
+    assert run.load_config().env_id == QUALIFIED_ID and env_steps(run) == [200, 400]
+    assert sweep(resume=str(folder), verbose=0) == 0  # every trial already finished
+    assert env_steps(run) == [200, 400]
+    assert main(["report", str(folder), "--out", str(tmp_path / "report"), "--reps", "200"]) == 0
+    assert QUALIFIED_ID in (tmp_path / "report" / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +291,7 @@ def test_each_packed_seed_has_its_own_wandb_run(packed):
         run_dir = GroupDirectory(folder / "runs" / name).lane(seed).path
         run_id = stable_run_id(study_id, f"{name}-seed{seed}")
         runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-        assert len(runs) == 2 and all(r.name.endswith("-" + run_id) for r in runs), runs  # killed once
+        assert len(runs) == 2 and all((r / f"run-{run_id}.wandb").is_file() for r in runs), runs  # killed once
         data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
         for text in (f"{name}-seed{seed}", "eval/return_mean", "curve"):
             assert text.encode() in data, (seed, text)

@@ -26,6 +26,12 @@ TINY = ["--env", "InvertedPendulum-v5", "--algo", "sac", "--steps", "400", "--se
 def test_mode_is_online_only_with_a_key_unless_forced():
     assert resolve_mode("auto", {}) == "offline"
     assert resolve_mode("auto", {"WANDB_API_KEY": "k"}) == "online"
+    # WANDB_MODE in the environment wins over auto (W&B's convention), not over a forced mode
+    assert resolve_mode("auto", {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}) == "offline"
+    assert resolve_mode("auto", {"WANDB_API_KEY": "k", "WANDB_MODE": "dryrun"}) == "offline"
+    assert resolve_mode("auto", {"WANDB_MODE": "disabled"}) == "disabled"
+    assert resolve_mode("auto", {"WANDB_MODE": "online"}) == "online"
+    assert resolve_mode("online", {"WANDB_MODE": "offline"}) == "online"
     assert resolve_mode("offline", {"WANDB_API_KEY": "k"}) == "offline"
     assert resolve_mode("disabled", {"WANDB_API_KEY": "k"}) == "disabled"
     with pytest.raises(ValueError, match="wandb mode 'cloud' is not allowed: one of auto, offline, online, disabled"):
@@ -42,6 +48,9 @@ def test_existing_run_id_is_the_newest_runs(tmp_path):
 
 
 class FakeRun:
+    fail_log = False
+    fail_finish = False
+
     def __init__(self, **init):
         self.init, self.logged, self.metrics, self.summary, self.finished = init, [], [], {}, 0
 
@@ -49,10 +58,14 @@ class FakeRun:
         self.metrics.append((name, step_metric))
 
     def log(self, row):
+        if self.fail_log:
+            raise OSError("the W&B service went away")
         self.logged.append(row)
 
-    def finish(self):
+    def finish(self, exit_code=None):
         self.finished += 1
+        if self.fail_finish:
+            raise OSError("the W&B service went away")
 
 
 @pytest.fixture
@@ -60,10 +73,19 @@ def fake_wandb(monkeypatch):
     module = types.ModuleType("wandb")
     module.runs = []
 
+    module.refuse_online = False
+    module.teardowns = 0
+
     def init(**kwargs):
+        if module.refuse_online and kwargs["mode"] == "online":
+            raise RuntimeError("Failed to get resume status for run x: context deadline exceeded\nmore")
         module.runs.append(FakeRun(**kwargs))
         return module.runs[-1]
+
+    def teardown():
+        module.teardowns += 1
     module.init = init
+    module.teardown = teardown
     module.Settings = lambda **kwargs: kwargs
     module.Image = lambda path: ("image", path)
     monkeypatch.setitem(sys.modules, "wandb", module)
@@ -98,6 +120,89 @@ def test_logger_sends_config_records_once_covered_by_a_checkpoint_and_the_curve(
     assert wb.finished == 1
 
 
+def _records(n):
+    return [{"env_steps": 200 * i, "eval/return_mean": float(i)} for i in range(1, n + 1)]
+
+
+def test_an_online_start_that_fails_continues_offline_as_the_same_run(fake_wandb, tmp_path, tiny_config, capfd,
+                                                                      monkeypatch):
+    import mbpo_ray.wandb_log as wandb_log
+
+    monkeypatch.setattr(wandb_log, "_ONLINE_FAILED", False)
+    cfg = tiny_config()
+    run = RunDirectory(tmp_path / "run")
+    run.create(cfg)
+    fake_wandb.refuse_online = True
+    logger = WandbLogger(WandbOptions(mode="online", init_timeout=2.5), "sac-x-seed3", run_id="id1")
+    logger.start(run, cfg)
+    assert [r.init["mode"] for r in fake_wandb.runs] == ["offline"] and fake_wandb.runs[0].init["id"] == "id1"
+    assert fake_wandb.runs[0].init["settings"]["init_timeout"] == 2.5
+    assert fake_wandb.teardowns == 1  # the failed run's service is shut down (no other run was open)
+    err = capfd.readouterr().err
+    assert err.count("mbpo-ray: warning: W&B:") == 1 and "within 2.5 s" in err and "wandb sync" in err
+    logger.epoch(_records(1)[0], run.checkpoint_path)
+    assert fake_wandb.runs[0].logged == _records(1)
+    # a second run of the same process does not wait for W&B again
+    other = WandbLogger(WandbOptions(mode="online"), "sac-x-seed4", run_id="id2")
+    other.start(run, cfg)
+    assert [r.init["mode"] for r in fake_wandb.runs] == ["offline", "offline"]
+    logger.close()
+    other.close()
+
+
+def test_a_wandb_error_while_logging_or_finishing_is_a_warning_and_training_goes_on(fake_wandb, tmp_path, tiny_config,
+                                                                                    capfd):
+    cfg = tiny_config()
+    run = RunDirectory(tmp_path / "run")
+    run.create(cfg)
+    run.curve_path.write_bytes(b"png")
+    logger = WandbLogger(WandbOptions(mode="offline"), "x", run_id="id1")
+    logger.start(run, cfg)
+    wb = fake_wandb.runs[0]
+    logger.epoch(_records(1)[0], run.checkpoint_path)
+    wb.fail_log = True
+    logger.epoch(_records(2)[1], run.checkpoint_path)  # raises inside: one warning, W&B dropped
+    assert logger.run is None and wb.finished == 1
+    logger.epoch(_records(3)[2], run.checkpoint_path)
+    logger.end(TrainResult(run, 600, True, 3.0))
+    logger.close()
+    assert wb.logged == _records(1)
+    assert capfd.readouterr().err.count("mbpo-ray: warning: W&B: could not log an epoch (OSError") == 1
+    # finish failing
+    logger = WandbLogger(WandbOptions(mode="offline"), "x", run_id="id2")
+    logger.start(run, cfg)
+    fake_wandb.runs[-1].fail_finish = True
+    logger.close()
+    assert "could not finish the run (OSError" in capfd.readouterr().err
+
+
+def test_train_with_a_key_and_an_unreachable_wandb_logs_offline(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run_dir), "--wandb", "--wandb-init-timeout", "3", "--no-progress"]) == 0
+    err = capfd.readouterr().err
+    assert "could not reach W&B within 3 s" in err
+    assert len(RunDirectory(run_dir).read_metrics()) == 2
+    folders = sorted(p.name for p in (run_dir / "wandb").iterdir() if p.is_dir() and not p.is_symlink())
+    run_id = existing_run_id(run_dir)
+    assert folders == [f for f in folders if f.startswith("offline-run-")] and len(folders) == 1
+    data = (run_dir / "wandb" / folders[0] / f"run-{run_id}.wandb").read_bytes()
+    assert b"eval/return_mean" in data and b"curve" in data
+    files = [p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()] == []
+
+
+def closed_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_disabled_logger_does_not_import_wandb(monkeypatch, tmp_path, tiny_config):
     monkeypatch.setitem(sys.modules, "wandb", None)  # importing it would fail
     logger = WandbLogger(WandbOptions(mode="disabled"), "x")
@@ -124,7 +229,7 @@ def test_train_wandb_offline_writes_its_run_and_a_resume_continues_it(tmp_path, 
     run_id = existing_run_id(run_dir)
     assert main(["train", "--resume", str(run_dir), "--steps", "600", *flags]) == 0
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(r.name.endswith("-" + run_id) for r in runs)  # the same W&B run
+    assert len(runs) == 2 and all((r / f"run-{run_id}.wandb").is_file() for r in runs), (runs, run_id)  # the same W&B run
     data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
     for text in ("sac-InvertedPendulum-v5-seed3", "grp", "proj", "env_steps", "eval/return_mean", "sac.batch_size", "curve"):
         assert text.encode() in data, text

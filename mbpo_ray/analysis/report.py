@@ -87,12 +87,20 @@ def _looks_like_run_config(path: Path) -> bool:
     return isinstance(flat, dict) and "env_id" in flat and "algo" in flat
 
 
+# Folders inside a run directory that other tools write and that are never run directories
+# themselves: W&B's (an online run keeps the run's config in wandb/run-*/files/config.yaml).
+NOT_RUN_FOLDERS = ("wandb",)
+
+
 def find_run_dirs(dirs: Sequence[Path]) -> List[Path]:
-    """Every run directory under each of ``dirs`` (a DIR that is one counts too), each once."""
+    """Every run directory under each of ``dirs`` (a DIR that is one counts too), each once;
+    nothing inside a ``NOT_RUN_FOLDERS`` folder."""
     found: Dict[Path, None] = {}
     for top in dirs:
         for config in sorted(Path(top).rglob("config.yaml")):
             folder = config.parent
+            if any(part in NOT_RUN_FOLDERS for part in folder.relative_to(top).parts):
+                continue
             if (folder / "metrics.jsonl").is_file() or _looks_like_run_config(config):
                 found.setdefault(folder.resolve(), None)
     return list(found)

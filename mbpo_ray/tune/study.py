@@ -12,6 +12,7 @@ knows a field by name except the ones a study sets for every trial (``algo``, ``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
 import re
@@ -34,7 +35,7 @@ BUDGET_KEYS = ("env_steps", "time_s")
 OVERRIDE_KEYS = ("all", "algorithms", "envs")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
 SCHEDULERS = ("none", "asha")
-WANDB_KEYS = ("project", "entity", "group", "tags", "mode")
+WANDB_KEYS = ("project", "entity", "group", "tags", "mode", "init_timeout")
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPACE_FORMS = ("{grid: [v1, v2, ...]}, {choice: [v1, v2, ...]}, {uniform: [low, high]}, "
                "{loguniform: [low, high]} with 0 < low, {randint: [low, high]} (integers, high excluded)")
@@ -557,17 +558,35 @@ def _wandb(value: Any) -> WandbOptions:
         options.tags = tuple(tags)
     if spec.get("mode") is not None:
         options.mode = _choice(spec["mode"], "wandb.mode", WANDB_MODES, "allowed mode")
+    if spec.get("init_timeout") is not None:
+        options.init_timeout = _number(spec["init_timeout"], "wandb.init_timeout", positive=True)
     return options
 
 
 # --- trials --------------------------------------------------------------------------------------
 
+# What a trial's name may hold: it is a folder name on every storage (Ray refuses a trial
+# folder with '/') and part of W&B run names.
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def name_part(env: str) -> str:
+    """An env id as part of a trial name: kept as it is when it holds only letters, digits, '.',
+    '_' and '-'; else each other character becomes '_' and a short hash of the id follows, so
+    that two ids never share a name (``dm_control/cartpole-swingup-v0`` ->
+    ``dm_control_cartpole-swingup-v0-<6 hex>``). The id itself is kept verbatim in the trial's
+    config and in the report."""
+    if not _UNSAFE_IN_NAME.search(env):
+        return env
+    return f"{_UNSAFE_IN_NAME.sub('_', env)}-{hashlib.sha1(env.encode()).hexdigest()[:6]}"
+
+
 def cell_name(algo: str, env: str, seeds: Sequence[int], variant: Optional[str]) -> str:
     """``algo-env-seedN`` (or ``algo-env-seedsA-B`` for packed seeds, ``format_seeds`` with '_'
-    for ','), with the variant after the algorithm: the trial's folder, its Tune trial name and
-    its W&B run name."""
+    for ','), with the variant after the algorithm and the env as ``name_part`` gives it: the
+    trial's folder, its Tune trial name and its W&B run name."""
     where = f"seed{seeds[0]}" if len(seeds) == 1 else "seeds" + format_seeds(list(seeds)).replace(",", "_")
-    return f"{algo}{'-' + variant if variant else ''}-{env}-{where}"
+    return f"{algo}{'-' + variant if variant else ''}-{name_part(env)}-{where}"
 
 
 def packs(study: Study, algo: str, runtime: Any) -> List[List[int]]:
@@ -789,7 +808,8 @@ def trial_table(study: Study, plans: List[CellPlan], folder: str) -> str:
     sched = "none" if study.scheduler == "none" else (
         f"ASHA on {ASHA_METRIC} over {ASHA_TIME_ATTR} (grace period "
         f"{study.grace_period or 'one epoch'}, reduction factor {study.reduction_factor:g})")
-    mode = "online if WANDB_API_KEY is set, else offline" if study.wandb.mode == "auto" else study.wandb.mode
+    mode = ("WANDB_MODE if set, else online if WANDB_API_KEY is set, else offline" if study.wandb.mode == "auto"
+            else study.wandb.mode)
     lines += ["",
               f"per trial at most {_amount(biggest['CPU'])} CPU, {_amount(biggest['GPU'])} GPU; "
               f"all trials at once {_amount(everything['CPU'])} CPU, {_amount(everything['GPU'])} GPU",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mbpo_ray.errors import ConfigError
+from mbpo_ray.runtime.ray.capacity import Capacity, autoscaling, cluster_capacity, fmt as _fmt
 from mbpo_ray.tune.study import (ASHA_METRIC, ASHA_TIME_ATTR, STORAGE_SCHEMES, CellPlan, Study, StudyError,
                                  dump_study, load_study, parse_yaml, resource_fields, study_from_yaml, total,
                                  trial_table, validate_study)
@@ -147,31 +148,47 @@ def connect(plans: Sequence[CellPlan], address: Optional[str]) -> bool:
     return True
 
 
-def _fmt(resources: Dict[str, float]) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items())) or "nothing"
-
-
-def check_cluster(plans: Sequence[CellPlan], cluster: Dict[str, float], nodes: List[Dict[str, float]]) -> None:
+def check_cluster(plans: Sequence[CellPlan], capacity: Capacity) -> List[CellPlan]:
     """A trial whose placement group could never be placed is an error now, not a trial that
-    waits forever: its total must fit the cluster and each bundle must fit one node."""
+    waits forever: its total must fit what the cluster can ever have and each bundle one node
+    it has or may get (``Capacity``: the live nodes, and an autoscaler's node types). Returns
+    the trials that fit the cluster only once its autoscaler has added nodes."""
+    waiting = []
+    grows = capacity.describe_types()
     for plan in plans:
         need = total(plan.bundles)
-        short = {k: v for k, v in need.items() if v > cluster.get(k, 0.0) + 1e-9}
+        short = {k: v for k, v in need.items() if v > capacity.most(k) + 1e-9}
         if short:
             name = next(iter(short))
+            have = _fmt({k: capacity.most(k) for k in short})
             raise StudyError(
                 f"{_origin(plan, name)}: trial {plan.cell.name} needs {_fmt(need)} (its placement group: "
                 f"{len(plan.bundles)} bundle{'s' if len(plan.bundles) > 1 else ''}) but the Ray cluster has "
-                f"{_fmt({k: cluster.get(k, 0.0) for k in short})}: it could never start. Lower "
+                f"{have if not capacity.autoscaling else f'at most {have} ({grows})'}: it could never start. Lower "
                 f"{resource_fields(plan.runtime, name)}, or join a cluster that has them (--address)")
         for bundle in plan.bundles:
-            if not any(all(v <= node.get(k, 0.0) + 1e-9 for k, v in bundle.items()) for node in nodes):
+            if not capacity.node_fits(bundle, ever=True):
                 name = next(iter(bundle))
+                shapes = [_fmt({k: v for k, v in n.items() if k in ('CPU', 'GPU')}) for n in capacity.nodes]
+                shapes += [f"{t.name}: {_fmt({k: v for k, v in t.resources.items() if k in ('CPU', 'GPU')})}"
+                           for t in capacity.node_types]
                 raise StudyError(
                     f"{_origin(plan, name)}: trial {plan.cell.name} has a bundle of {_fmt(bundle)} that no "
-                    f"node of the Ray cluster can hold (nodes: "
-                    f"{'; '.join(_fmt({k: v for k, v in n.items() if k in ('CPU', 'GPU')}) for n in nodes)}). "
-                    f"Lower {resource_fields(plan.runtime, name)}")
+                    f"node of the Ray cluster can hold (nodes{' and node types' if capacity.node_types else ''}: "
+                    f"{'; '.join(shapes)}). Lower {resource_fields(plan.runtime, name)}")
+        if not capacity.fits_now(plan.bundles):
+            waiting.append(plan)
+    return waiting
+
+
+def waiting_note(waiting: Sequence[CellPlan], capacity: Capacity) -> str:
+    """What the summary of a sweep says of trials that wait for the autoscaler ('' for none)."""
+    if not waiting:
+        return ""
+    need = _fmt(total(waiting[0].bundles))
+    return (f"{len(waiting)} trial{'s' if len(waiting) > 1 else ''} (e.g. {waiting[0].cell.name}, {need}) "
+            f"do not fit the nodes alive now ({_fmt(capacity.now())}): pending on the autoscaler, which adds "
+            f"nodes for them ({capacity.describe_types()})\n")
 
 
 def _origin(plan: CellPlan, resource: str) -> str:
@@ -183,12 +200,6 @@ def _origin(plan: CellPlan, resource: str) -> str:
     keys = [k for k in plan.cell.origin if k.startswith("ray.") and
             (k.endswith("_gpus") if resource == "GPU" else not k.endswith("_gpus"))]
     return plan.cell.origin[keys[0]] if keys else resource_fields("ray", resource)
-
-
-def cluster_state() -> Tuple[Dict[str, float], List[Dict[str, float]]]:
-    import ray
-
-    return dict(ray.cluster_resources()), [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
 # --- shared storage (docs/clusters.md, "Storage") -------------------------------------------------
@@ -259,46 +270,6 @@ def storage_refusal(location: str, source: str, declared_shared: bool, driver_ip
             f"filesystem not recognised here, set storage_shared: true in the study (docs/clusters.md)")
 
 
-READONLY_NODE_TYPE = re.compile(r"node_[0-9a-f]+")
-
-
-def autoscaler_adds_nodes(status: Optional[bytes]) -> bool:
-    """Whether the status that Ray's autoscaler (v1) publishes comes from one that launches
-    nodes. Every Ray head runs the autoscaler's monitor; on a cluster started by hand it only
-    mirrors the nodes that are there, each under a node type made of its id (``node_<hex>``),
-    while a launching autoscaler (`ray up`, KubeRay) names the node types of its config."""
-    if not status:
-        return False
-    try:
-        report = json.loads(status).get("autoscaler_report") or {}
-    except ValueError:
-        return False
-    types = set(report.get("active_nodes") or {}) | set(report.get("idle_nodes") or {})
-    types |= set(report.get("pending_launches") or {})
-    types |= {entry[1] for entry in (report.get("pending_nodes") or []) + (report.get("failed_nodes") or [])
-              if len(entry) > 1}
-    return any(not READONLY_NODE_TYPE.fullmatch(str(t)) for t in types)
-
-
-def _autoscaling() -> bool:
-    """Whether an autoscaler may add nodes to the cluster Ray joined: the status the v1
-    autoscaler publishes in the GCS key-value store (``autoscaler_adds_nodes``), or the flag
-    there that switches autoscaler v2 on."""
-    try:
-        import ray._raylet as raylet
-        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
-
-        if not _internal_kv_initialized():
-            return False
-        if autoscaler_adds_nodes(_internal_kv_get(DEBUG_AUTOSCALING_STATUS)):
-            return True
-        return _internal_kv_get(raylet.GCS_AUTOSCALER_V2_ENABLED_KEY,
-                                namespace=raylet.GCS_AUTOSCALER_STATE_NAMESPACE) == b"1"
-    except Exception:  # noqa: BLE001  (internal keys of Ray: no answer means no autoscaler seen)
-        return False
-
-
 def node_addresses() -> Tuple[str, List[str]]:
     """The driver's machine and every live node's, as Ray names them (NodeManagerAddress)."""
     import ray
@@ -318,7 +289,7 @@ def check_storage(study: Study, folder: StudyFolder, source: str) -> None:
         return
     driver_ip, node_ips = node_addresses()
     problem = storage_refusal(folder.location, source, study.storage_shared, driver_ip, node_ips,
-                              _autoscaling(), filesystem_type(str(folder.path)))
+                              autoscaling(), filesystem_type(str(folder.path)))
     if problem:
         raise StudyError(problem)
 
@@ -444,7 +415,8 @@ def sweep(study_path: Optional[str] = None, out: Optional[str] = None, address: 
 
     started = connect(plans, address)
     try:
-        check_cluster(plans, *cluster_state())
+        capacity = cluster_capacity()
+        stream.write(waiting_note(check_cluster(plans, capacity), capacity))
         check_storage(study, folder, "--resume" if resume else "--out" if out else "storage")
         settings = _settings(study, plans, folder, study_id)
         if resume:

@@ -78,14 +78,32 @@ def connect(cfg) -> bool:
     return True
 
 
-def check_resources(cfg) -> None:
-    """Stop at once, naming what is missing, when the cluster cannot hold the actor group."""
-    import ray
+def check_resources(cfg, stream=None) -> bool:
+    """Stop at once, naming what is missing, when the cluster can never hold the actor group: not
+    with the nodes alive now nor, on an autoscaling cluster, with every node its autoscaler may
+    add (``capacity.Capacity``). Returns whether the group waits for the autoscaler (it fits
+    the node types but not the nodes alive now), which ``stream`` is told."""
+    import sys
 
-    have = ray.cluster_resources()
-    missing = [f"{name}: needs {need:g}, the cluster has {have.get(name, 0):g}"
-               for name, need in required_resources(cfg).items() if need > have.get(name, 0) + 1e-9]
+    from mbpo_ray.runtime.ray.capacity import cluster_capacity, fmt
+
+    capacity = cluster_capacity()
+    bundles = actor_bundles(cfg)
+    need = required_resources(cfg)
+    missing = [f"{name}: needs {amount:g}, the cluster has "
+               + (f"{capacity.most(name):g}" if not capacity.autoscaling else f"at most {capacity.most(name):g}")
+               for name, amount in need.items() if amount > capacity.most(name) + 1e-9]
+    missing += [f"one actor needs {fmt(b)} on one node, and no node "
+                + ("or node type " if capacity.autoscaling else "") + "has that"
+                for b in bundles if not capacity.node_fits(b, ever=True)][:1]
     if missing:
+        grows = f" ({capacity.describe_types()})" if capacity.autoscaling else ""
         raise ConfigError("runtime=ray: the Ray cluster lacks resources the config asks for ("
-                          + "; ".join(missing) + "). Lower the ray.*_cpus / ray.*_gpus fields, "
+                          + "; ".join(missing) + f"){grows}. Lower the ray.*_cpus / ray.*_gpus fields, "
                           "or join a cluster that has them (--address / RAY_ADDRESS).")
+    if capacity.fits_now(bundles):
+        return False
+    (stream or sys.stderr).write(
+        f"runtime=ray: the actors need {fmt(need)}, more than the nodes alive now ({fmt(capacity.now())}); "
+        f"waiting for the autoscaler to add nodes ({capacity.describe_types()})\n")
+    return True

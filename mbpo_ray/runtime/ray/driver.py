@@ -27,7 +27,7 @@ from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.runtime.base import Job
 from mbpo_ray.runtime.ray import actors as roles
 from mbpo_ray.runtime.ray.cluster import check_resources, connect
-from mbpo_ray.runtime.ray.group import ActorGroup
+from mbpo_ray.runtime.ray.group import AUTOSCALING_READY_TIMEOUT_S, READY_TIMEOUT_S, ActorGroup
 from mbpo_ray.runtime.ray.perf import PerfCounters
 
 ROLE_OF_JOB = {"collect": "collector", "rollout": "rollout_worker", "fit": "model_trainer", "update": "learner"}
@@ -50,10 +50,10 @@ class RayRuntime:
         self.group: Optional[ActorGroup] = None
         self.started_ray = connect(cfg)
         try:
-            check_resources(cfg)
+            waits = check_resources(cfg)
             self.obs_dim, self.act_dim = roles.dims(cfg)
             self.group = ActorGroup(cfg, self.obs_dim, self.act_dim)
-            self.group.wait_ready()
+            self.group.wait_ready(AUTOSCALING_READY_TIMEOUT_S if waits else READY_TIMEOUT_S)
         except BaseException:
             self.close()
             raise

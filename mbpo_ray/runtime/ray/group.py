@@ -8,6 +8,9 @@ from mbpo_ray.runtime.ray import actors as roles
 from mbpo_ray.runtime.ray.cluster import required_resources, role_resources
 
 READY_TIMEOUT_S = 180
+# ... and when the actors wait for an autoscaler to start their nodes (a cloud GPU node takes
+# minutes to boot and pull the image)
+AUTOSCALING_READY_TIMEOUT_S = 1800
 
 # Roles a run survives losing: recreated from the last published weights, their call redone.
 # The learner and the buffer actor hold state that is only in the last checkpoint.
@@ -26,15 +29,15 @@ class ActorGroup:
         self.collectors = [self._new("collector", i) for i in range(cfg.ray.num_collectors)]
         self.rollout_workers = [self._new("rollout_worker", i) for i in range(cfg.ray.num_rollout_workers)]
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Wait until every actor is up; a group that cannot be placed is an error, not a hang."""
         import ray
 
         cfg = self.cfg
         pings = [a.__ray_ready__.remote() for a in self.everyone()]
-        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=READY_TIMEOUT_S)
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
         if len(ready) < len(pings):
-            raise ConfigError(f"runtime=ray: the actors could not all be started within {READY_TIMEOUT_S} s; "
+            raise ConfigError(f"runtime=ray: the actors could not all be started within {timeout_s:g} s; "
                               f"the cluster's free resources are {ray.available_resources()}, the run needs "
                               f"{required_resources(cfg)}")
         ray.get(pings)
