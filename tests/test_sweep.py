@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ tune = pytest.importorskip("ray.tune")
 from mbpo_ray.cli import main  # noqa: E402
 from mbpo_ray.config import to_dict  # noqa: E402
 from mbpo_ray.analysis.report import find_run_dirs  # noqa: E402
+from mbpo_ray.rehearsal.local_s3 import LocalS3  # noqa: E402
 from mbpo_ray.run_dir import RunDirectory  # noqa: E402
 from mbpo_ray.seeds import GroupDirectory  # noqa: E402
 from mbpo_ray.tune.study import StudyError, cells, load_study, trial_config  # noqa: E402
@@ -29,6 +31,7 @@ from mbpo_ray.wandb_log import stable_run_id  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "fake-wandb-key-0123456789abcdef0123456789abcdef"
+BUCKET = "mbpo-sweeps"
 CLUSTER_CPUS = 8
 
 # tests/conftest.py's tiny_config as study overrides: every phase of MBPO within 400 steps
@@ -64,12 +67,19 @@ def ray_cluster():
     names += ("PYTHONPATH",)
     saved += (os.environ.get("PYTHONPATH"),)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    # a bucket on a local S3 server, which every trial process reaches through AWS_ENDPOINT_URL
+    s3 = LocalS3(BUCKET)
+    s3.start()
+    names += tuple(s3.env)
+    saved += tuple(os.environ.get(name) for name in s3.env)
+    os.environ.update(s3.env)
     ray.init(address="local", num_cpus=CLUSTER_CPUS, object_store_memory=128 * 1024 * 1024,
              include_dashboard=False, log_to_driver=False)
     try:
-        yield ray.get_runtime_context().gcs_address
+        yield types.SimpleNamespace(address=ray.get_runtime_context().gcs_address, s3=s3)
     finally:
         ray.shutdown()
+        s3.stop()
         for name, value in zip(names, saved):
             if value is None:
                 os.environ.pop(name, None)
@@ -230,6 +240,39 @@ def test_a_namespaced_env_id_trains_resumes_and_is_reported_verbatim(ray_cluster
     assert QUALIFIED_ID in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_a_bucket_holds_only_the_kept_checkpoints_and_the_run_directories(ray_cluster, tmp_path):
+    s3 = ray_cluster.s3
+    path = write_study(tmp_path, """
+        algorithms: [sac]
+        envs: [InvertedPendulum-v5]
+        seeds: [0, 1]
+        seeds_per_trial: 2
+        budget: {env_steps: 800}
+        wandb: {mode: offline}
+        """, "bucket")
+    assert sweep(str(path), out=f"s3://{BUCKET}/sweeps/b", verbose=0) == 0
+    keys = s3.keys("sweeps/b/")
+    trial = "sac-InvertedPendulum-v5-seeds0-1"
+    # 4 epochs, a checkpoint each: Tune keeps the newest 2 (num_to_keep), one checkpoint.pt per
+    # seed in each; no snapshot folder and no checkpoint.pt among the trial's artifacts (before the
+    # fix: 4 .tune-checkpoint-* folders stayed, and the run directory's own checkpoint.pt)
+    checkpoints = [k for k in keys if k.endswith("/checkpoint.pt")]
+    kept = sorted({k.split("/")[4] for k in checkpoints})
+    assert len(kept) == 2 and all(name.startswith("checkpoint_") for name in kept), checkpoints
+    assert len(checkpoints) == 2 * 2
+    assert not [k for k in keys if ".tune-checkpoint-" in k]
+    # the run directories are there as artifacts, whole but for their checkpoints
+    for seed in (0, 1):
+        prefix = f"sweeps/b/tune/{trial}/seed{seed}/"
+        assert {prefix + name for name in ("metrics.jsonl", "config.yaml", "curve.png")} <= set(keys)
+        assert any(k.startswith(prefix + "wandb/offline-run-") and k.endswith(".wandb") for k in keys)
+    local = tmp_path / "downloaded"
+    s3.download("sweeps/b/", local)
+    runs = find_run_dirs([local])
+    assert sorted(p.name for p in runs) == ["seed0", "seed1"]
+    assert [r["env_steps"] for r in RunDirectory(runs[0]).read_metrics()] == [200, 400, 600, 800]
+
+
 @pytest.fixture(scope="module")
 def packed(ray_cluster, tmp_path_factory):
     """sac with 3 seeds, 2 per trial: a seed group (seeds 0, 1) and a single run (seed 2), W&B
@@ -375,7 +418,7 @@ def test_killed_study_driver_resumes_without_rerunning_or_repeating(ray_cluster,
     first, second = "sac-InvertedPendulum-v5-seed0", "sac-InvertedPendulum-v5-seed1"
     command = [sys.executable, "-m", "mbpo_ray", "sweep"]
     log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(command + [str(path), "--out", str(folder), "--address", ray_cluster],
+    driver = subprocess.Popen(command + [str(path), "--out", str(folder), "--address", ray_cluster.address],
                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
     try:
         # the first trial finished; the second has written two epochs (its first checkpoint
@@ -400,7 +443,7 @@ def test_killed_study_driver_resumes_without_rerunning_or_repeating(ray_cluster,
     while ray.available_resources().get("CPU", 0) < CLUSTER_CPUS and time.time() < deadline:
         time.sleep(0.5)
 
-    resumed = subprocess.run(command + ["--resume", str(folder), "--address", ray_cluster], capture_output=True,
+    resumed = subprocess.run(command + ["--resume", str(folder), "--address", ray_cluster.address], capture_output=True,
                              text=True, cwd=REPO, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming study killed" in resumed.stdout

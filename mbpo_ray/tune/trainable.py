@@ -13,11 +13,15 @@ Tune checkpoint holds depends on the storage:
   (``snapshot.json``). A resumed trial continues from the newest checkpoint.pt, which is at or
   past the Tune checkpoint's step. Nothing is copied, and Tune keeps every (tiny) checkpoint,
   so its experiment state never names a deleted one.
-- an ``s3://`` / ``gs://`` study folder: the trial's folder is its working directory on its
-  node; the Tune checkpoint holds each run's checkpoint.pt and copies of its metrics.jsonl and
-  config.yaml (renamed, so that no tool takes it for a run directory; packed seeds under
-  ``seed<N>/`` with the group's group.yaml), and a restored trial first puts them back into
-  its new working directory.
+- an ``s3://`` / ``gs://`` study folder: the trial's folder is a scratch folder on its node,
+  outside Tune's working directory (``scratch_folder``); the Tune checkpoint holds each run's
+  checkpoint.pt and copies of its metrics.jsonl and config.yaml (renamed, so that no tool takes
+  it for a run directory; packed seeds under ``seed<N>/`` with the group's group.yaml), and a
+  restored trial first puts them back into its folder. Everything of the run directory but
+  its checkpoints (metrics.jsonl, config.yaml, curve.png, wandb/) is mirrored into the working
+  directory before each report (``ArtifactMirror``), which Tune uploads as the trial's
+  artifacts: each checkpoint reaches the bucket once, in a Tune checkpoint, and Tune's
+  ``num_to_keep`` prunes it there (docs/sweeps.md, "Storage").
 """
 from __future__ import annotations
 
@@ -126,21 +130,67 @@ def tune_result(records: Dict[int, Dict[str, Any]], node_id: str) -> Dict[str, A
     return {**result, NODE_KEY: node_id}
 
 
+# What of a run directory is not mirrored into Tune's working directory (object-store storage):
+# the checkpoints, which reach the bucket in Tune checkpoints only.
+NOT_MIRRORED = ("checkpoint.pt", "checkpoint.pt.next", "checkpoints")
+
+
+def scratch_folder(study_id: str, trial_name: str) -> Path:
+    """Where a trial of an object-store study keeps its run directory on its node: outside
+    Tune's working directory, whose every file Tune uploads after each report and never
+    prunes."""
+    return Path(tempfile.gettempdir()) / "mbpo-ray-trials" / study_id / trial_name
+
+
+class ArtifactMirror:
+    """Copies a trial's run directory, less ``NOT_MIRRORED``, into Tune's working directory
+    (object-store storage: the trial's artifacts). A file is copied again only when its size or
+    modification time changed."""
+
+    def __init__(self, source: Path, target: Path):
+        self.source, self.target = source, target
+        self.copied: Dict[str, Tuple[int, int]] = {}
+
+    def sync(self) -> None:
+        if not self.source.is_dir():
+            return
+        for path in sorted(self.source.rglob("*")):
+            rel = path.relative_to(self.source)
+            if (any(part in NOT_MIRRORED or part.startswith(SNAPSHOT_PREFIX) for part in rel.parts)
+                    or path.is_symlink() or not path.is_file()):
+                continue
+            try:
+                stat = path.stat()
+                key = (stat.st_size, stat.st_mtime_ns)
+                if self.copied.get(str(rel)) == key:
+                    continue
+                dst = self.target / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dst.with_name(dst.name + ".tmp"))
+                os.replace(dst.with_name(dst.name + ".tmp"), dst)
+                self.copied[str(rel)] = key
+            except FileNotFoundError:  # a file W&B replaced meanwhile: the next sync takes it
+                continue
+
+
 class TuneReporter(GroupHook):
     """Reports each epoch of a trial's seeds to Tune (``tune_result``); an epoch followed by
     checkpoints carries a Tune checkpoint (the module docstring says of what). A single run
     reaches it through ``SingleRunReporter``."""
 
-    def __init__(self, trial: TrialRuns, full_snapshots: bool):
-        self.trial, self.full_snapshots = trial, full_snapshots
+    def __init__(self, trial: TrialRuns, full_snapshots: bool, mirror: Optional[ArtifactMirror] = None):
+        self.trial, self.full_snapshots, self.mirror = trial, full_snapshots, mirror
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def epoch(self, records: Dict[int, Dict[str, Any]], checkpointed: bool) -> None:
         result = tune_result(records, self.node_id)
+        if self.mirror is not None:
+            self.mirror.sync()
         if not checkpointed:
             tune.report(result)
             return
-        folder = Path(tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=self.trial.path))
+        # beside the trial's folder, never inside Tune's working directory (which Tune uploads)
+        folder = Path(tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=self.trial.path.parent))
         try:
             if self.full_snapshots:
                 write_snapshot(self.trial, folder)
@@ -218,9 +268,12 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     cfg = trial_config(cell, search)
     name = tune.get_context().get_trial_name()
     shared = settings["runs_dir"] is not None
-    trial = TrialRuns(Path(settings["runs_dir"]) / name if shared else Path.cwd(), cell["seeds"])
+    path = Path(settings["runs_dir"]) / name if shared else scratch_folder(settings["study_id"], name)
+    path.mkdir(parents=True, exist_ok=True)
+    trial = TrialRuns(path, cell["seeds"])
+    mirror = None if shared else ArtifactMirror(trial.path, Path.cwd())
 
-    for leftover in trial.path.glob(SNAPSHOT_PREFIX + "*"):  # a snapshot folder of a killed process
+    for leftover in trial.path.parent.glob(SNAPSHOT_PREFIX + "*"):  # a snapshot folder of a killed process
         shutil.rmtree(leftover, ignore_errors=True)
     tune_checkpoint = tune.get_checkpoint()
     if not shared and tune_checkpoint is not None:
@@ -237,10 +290,12 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
         clear_run(trial.path)
     elif min(state["env_steps"] for state in states.values()) >= cfg.total_steps:
         # finished before the study's driver stopped
+        if mirror is not None:
+            mirror.sync()
         tune.report(tune_result(trial.last_records(), ray.get_runtime_context().get_node_id()))
         return
 
-    reporter = TuneReporter(trial, full_snapshots=not shared)
+    reporter = TuneReporter(trial, full_snapshots=not shared, mirror=mirror)
     loggers = {seed: [] for seed in trial.seeds}
     options = WandbOptions(**{**settings["wandb"], "tags": tuple(settings["wandb"]["tags"])})
     if options.mode != "disabled":
@@ -252,10 +307,15 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
                      **{f"search/{k}": v for k, v in search.items()}}
             loggers[seed].append(WandbLogger(options, run_name, stable_run_id(settings["study_id"], run_name), extra))
     resume = states is not None
-    if len(trial.seeds) == 1:
-        seed = trial.seeds[0]
-        hooks = [SingleRunReporter(reporter, seed)] + loggers[seed]
-        train(cfg, str(trial.path), resume=resume, progress=False, checkpoint=states and states[seed], hooks=hooks)
-    else:
-        train_group(cfg, trial.seeds, str(trial.path), resume=resume, progress=False, checkpoints=states,
-                    hooks=loggers, group_hooks=[reporter])
+    try:
+        if len(trial.seeds) == 1:
+            seed = trial.seeds[0]
+            hooks = [SingleRunReporter(reporter, seed)] + loggers[seed]
+            train(cfg, str(trial.path), resume=resume, progress=False, checkpoint=states and states[seed],
+                  hooks=hooks)
+        else:
+            train_group(cfg, trial.seeds, str(trial.path), resume=resume, progress=False, checkpoints=states,
+                        hooks=loggers, group_hooks=[reporter])
+    finally:
+        if mirror is not None:  # the curve and W&B's last files; Tune uploads them as the trial ends
+            mirror.sync()
