@@ -82,18 +82,19 @@ def _percentile_by_hand(values, q):
 
 
 def test_stratified_bootstrap_bounds_match_the_documented_draws_by_hand():
-    tasks = [np.array([0.1, 0.9, 0.4]), np.array([0.0, 1.0])]
+    # equal run counts (the pooled IQM; unequal counts: test_aggregates_weigh_each_env_the_same...)
+    tasks = [np.array([0.1, 0.9, 0.4]), np.array([0.0, 1.0, 0.6])]
     reps, seed = 5, 123
     # The draws stats.py documents: per task, in order, rng.integers(0, n, size=(reps, n)).
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, 3, size=(reps, 3)), rng.integers(0, 2, size=(reps, 2))]
+    draws = [rng.integers(0, 3, size=(reps, 3)), rng.integers(0, 3, size=(reps, 3))]
     iqms = []
     for r in range(reps):
         pooled = sorted([float(tasks[0][i]) for i in draws[0][r]] + [float(tasks[1][i]) for i in draws[1][r]])
-        middle = pooled[1:4]  # 5 values: floor(5 / 4) = 1 cut from each end
+        middle = pooled[1:5]  # 6 values: floor(6 / 4) = 1 cut from each end
         iqms.append(sum(middle) / len(middle))
     point, lo, hi = stats.bootstrap_interval(stats.aggregate_iqm, tasks, reps, np.random.default_rng(seed))
-    assert point == pytest.approx((0.1 + 0.4 + 0.9) / 3)  # pooled 0, .1, .4, .9, 1 -> middle three
+    assert point == pytest.approx((0.1 + 0.4 + 0.6 + 0.9) / 4)  # pooled 0, .1, .4, .6, .9, 1 -> middle four
     assert lo == pytest.approx(_percentile_by_hand(iqms, 0.025))
     assert hi == pytest.approx(_percentile_by_hand(iqms, 0.975))
 
@@ -484,3 +485,24 @@ def test_a_runs_online_wandb_folder_is_not_taken_for_a_run(tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(root), "--out", str(out), "--reps", "100"]) == 0
     assert aggregates_runs(parse_report(out)) == {"mbpo": "1"}
+
+
+def test_aggregates_weigh_each_env_the_same_when_seed_counts_differ():
+    # env A: one run at 0; env B: three runs at 1. Pooled, B's three runs outvote A (IQM 1, gap
+    # 0.25); with each env weighing half, the middle half of the weight is a quarter at 0 and a
+    # quarter at 1 (IQM 0.5) and the gap is the mean of the env gaps (1 + 0) / 2
+    tasks = [np.array([0.0]), np.array([1.0, 1.0, 1.0])]
+    assert stats.aggregate_iqm(tasks) == pytest.approx(0.5)
+    assert stats.optimality_gap(tasks) == pytest.approx(0.5)
+    # equal counts: the pooled trimmed mean, floor(n / 4) cut from each end, as before
+    equal = [np.array([0.0, 0.2, 0.9]), np.array([0.4, 1.0, 3.0])]
+    assert stats.aggregate_iqm(equal) == pytest.approx(stats.trimmed_mean(np.concatenate(equal)))
+    assert stats.optimality_gap(equal) == pytest.approx(1 - np.minimum(np.concatenate(equal), 1).mean())
+    # the weighted IQM on bootstrap replicates (leading axes) matches replicate by replicate
+    reps = [np.array([[0.0], [2.0]]), np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])]
+    got = stats.aggregate_iqm(reps)
+    assert got.shape == (2,)
+    assert got[0] == pytest.approx(0.5)
+    # replicate 2: sorted 0 (1/6), 0 (1/6), 2 (1/2), 3 (1/6): the middle half is 1/12 of the
+    # second 0 and 5/12 of the 2
+    assert got[1] == pytest.approx((5 / 12 * 2) / 0.5)

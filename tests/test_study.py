@@ -440,3 +440,15 @@ def test_trial_names_are_folder_names_for_any_env_id(env, part):
     assert all(c.isalnum() or c in "._-" for c in name)
     # two ids that differ only in a character the name cannot hold get different names
     assert name_part("a/b-v0") != name_part("a:b-v0")
+
+
+def test_ashas_grace_period_defaults_to_the_warm_up_plus_one_epoch(tmp_path):
+    from mbpo_ray.tune.sweep import default_grace_period
+
+    text = BASE.replace("env_steps: 400", "env_steps: 20000") + "scheduler: asha\n"
+    plans = validate_study(load_study(write(tmp_path, text)))
+    cfg = plans[0].cfg
+    # InvertedPendulum's preset: a random warm-up before the first policy; before, the default
+    # was one epoch, which ranked trials on the returns of random actions
+    assert default_grace_period(plans) == cfg.mbpo.init_random_steps + cfg.mbpo.epoch_length
+    assert default_grace_period(plans) > cfg.mbpo.epoch_length

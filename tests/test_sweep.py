@@ -5,6 +5,7 @@ resumed, a Ray-runtime trial's actors inside its placement group, and a trial th
 be placed refused at submission. Budgets are tiny (tests/conftest.py's tiny_config)."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -271,6 +272,29 @@ def test_a_bucket_holds_only_the_kept_checkpoints_and_the_run_directories(ray_cl
     runs = find_run_dirs([local])
     assert sorted(p.name for p in runs) == ["seed0", "seed1"]
     assert [r["env_steps"] for r in RunDirectory(runs[0]).read_metrics()] == [200, 400, 600, 800]
+
+
+def test_a_study_stopped_by_its_time_budget_exits_3_and_says_how_to_extend_it(ray_cluster, tmp_path):
+    path = write_study(tmp_path, """
+        algorithms: [sac]
+        envs: [InvertedPendulum-v5]
+        seeds: [0]
+        budget: {env_steps: 100000, time_s: 12}
+        wandb: false
+        """, "timed")
+    folder = tmp_path / "study"
+    out = io.StringIO()
+    # before: exit status 0, and the summary sent the user to --resume, which runs nothing
+    assert sweep(str(path), out=str(folder), verbose=0, stream=out) == 3
+    text = out.getvalue()
+    assert "1 stopped before their budget" in text and "(the study's time budget or ASHA)" in text
+    assert f"mbpo-ray train --resume {folder}/runs/<trial>" in text and "sweep --resume" not in text
+    run = RunDirectory(folder / "runs" / "sac-InvertedPendulum-v5-seed0")
+    steps = env_steps(run)
+    assert steps and steps[-1] < 100000
+    # the hint is true: the trial's folder continues as a run
+    assert main(["train", "--resume", str(run.path), "--steps", str(steps[-1] + 200), "--no-progress"]) == 0
+    assert env_steps(run)[-1] == steps[-1] + 200
 
 
 @pytest.fixture(scope="module")

@@ -567,7 +567,10 @@ class Report:
         blocks += [("p", f"Over {len(envs)} env(s): {', '.join(envs)}. Each run's final score is normalised "
                          f"per env; IQM = mean of the middle 50% of all runs pooled (25% cut from each end, "
                          f"rounded down); median and mean are over the per-env means; optimality gap = "
-                         f"1 - mean of min(score, 1). Intervals: {self.level_pct()} stratified bootstrap "
+                         f"1 - mean of min(score, 1). Each env weighs the same in every aggregate: where envs "
+                         f"have different numbers of runs, a run weighs 1 / (envs x its env's runs), the IQM "
+                         f"cuts a quarter of that weight from each end and the optimality gap averages the "
+                         f"per-env means. Intervals: {self.level_pct()} stratified bootstrap "
                          f"(each env's runs resampled with replacement, {self.options.reps:,} replicates, "
                          f"percentile method). Higher is better except for the optimality gap."),
                    ("table", Table("aggregates", ["group", "runs"] + [n for n, _ in stats.AGGREGATES], rows))]

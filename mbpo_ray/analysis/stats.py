@@ -52,9 +52,38 @@ def trimmed_mean(values: np.ndarray, proportion: float = 0.25) -> np.ndarray:
     return values[..., cut:n - cut].mean(axis=-1)
 
 
+def _equal_counts(tasks: List[np.ndarray]) -> bool:
+    return len({t.shape[-1] for t in tasks}) == 1
+
+
+def _run_weights(tasks: List[np.ndarray]) -> np.ndarray:
+    """Each run's weight when every task weighs the same: 1 / (tasks x its task's runs)."""
+    return np.concatenate([np.full(t.shape[-1], 1.0 / (len(tasks) * t.shape[-1])) for t in tasks])
+
+
+def weighted_trimmed_mean(values: np.ndarray, weights: np.ndarray, proportion: float = 0.25) -> np.ndarray:
+    """Mean of the values (last axis) whose weights lie in the middle of the weight mass once the
+    lowest and the highest ``proportion`` of it are cut; a value at a cut counts with the part of
+    its weight inside (``weights`` sum to 1)."""
+    order = np.argsort(values, axis=-1, kind="stable")
+    sorted_values = np.take_along_axis(np.asarray(values, dtype=float), order, axis=-1)
+    w = np.asarray(weights, dtype=float)[order]
+    upper = np.cumsum(w, axis=-1)
+    lower = upper - w
+    kept = np.clip(np.minimum(upper, 1.0 - proportion) - np.maximum(lower, proportion), 0.0, None)
+    return (kept * sorted_values).sum(axis=-1) / (1.0 - 2.0 * proportion)
+
+
 def aggregate_iqm(tasks: Tasks) -> np.ndarray:
-    """Interquartile mean of all runs of all tasks pooled (each run one value)."""
-    return trimmed_mean(_pooled(tasks), 0.25)
+    """Interquartile mean of all runs of all tasks pooled, each task weighing the same. With equal
+    run counts per task: the trimmed mean of the pooled runs (``trimmed_mean``, each run one
+    value). With unequal counts, pooling would let the task with the most runs weigh most: each
+    run weighs 1 / (tasks x its task's runs) and the lowest and highest quarter of that weight
+    are cut (``weighted_trimmed_mean``)."""
+    tasks = _as_tasks(tasks)
+    if _equal_counts(tasks):
+        return trimmed_mean(_pooled(tasks), 0.25)
+    return weighted_trimmed_mean(_pooled(tasks), _run_weights(tasks), 0.25)
 
 
 def aggregate_mean(tasks: Tasks) -> np.ndarray:
@@ -69,8 +98,10 @@ def aggregate_median(tasks: Tasks) -> np.ndarray:
 
 def optimality_gap(tasks: Tasks, gamma: float = 1.0) -> np.ndarray:
     """How far the runs fall short of ``gamma``: gamma minus the mean of min(score, gamma) over all
-    runs pooled (scores above gamma count as gamma)."""
-    return gamma - np.minimum(_pooled(tasks), gamma).mean(axis=-1)
+    runs (scores above gamma count as gamma), each task weighing the same: the mean over tasks of
+    each task's mean, which is the pooled mean when the run counts are equal."""
+    return gamma - np.mean(np.stack([np.minimum(t, gamma).mean(axis=-1) for t in _as_tasks(tasks)], axis=-1),
+                           axis=-1)
 
 
 AGGREGATES: Tuple[Tuple[str, Callable[[Tasks], np.ndarray]], ...] = (

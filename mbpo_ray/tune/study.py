@@ -807,7 +807,7 @@ def trial_table(study: Study, plans: List[CellPlan], folder: str) -> str:
     everything = {k: sum(total(p.bundles).get(k, 0) * per_cell for p in plans) for k in ("CPU", "GPU")}
     sched = "none" if study.scheduler == "none" else (
         f"ASHA on {ASHA_METRIC} over {ASHA_TIME_ATTR} (grace period "
-        f"{study.grace_period or 'one epoch'}, reduction factor {study.reduction_factor:g})")
+        f"{study.grace_period or 'the random warm-up plus one epoch'}, reduction factor {study.reduction_factor:g})")
     mode = ("WANDB_MODE if set, else online if WANDB_API_KEY is set, else offline" if study.wandb.mode == "auto"
             else study.wandb.mode)
     lines += ["",

@@ -343,6 +343,14 @@ def trainable(settings: Dict[str, Any]):
                                functools.partial(trial_resources, cells=settings["cells"]))
 
 
+def default_grace_period(plans: Sequence[CellPlan]) -> int:
+    """ASHA's grace period when the study sets none: the random warm-up plus one epoch of the
+    trial that takes longest to get there, so that no trial is ranked on returns of its random
+    warm-up (at most the longest budget)."""
+    past_warmup = max(p.cfg.mbpo.init_random_steps + p.cfg.mbpo.epoch_length for p in plans)
+    return min(past_warmup, max(p.total_steps for p in plans))
+
+
 def make_tuner(study: Study, plans: Sequence[CellPlan], folder: StudyFolder, settings: Dict[str, Any],
                callbacks: Sequence[Any], verbose: int):
     from ray import tune
@@ -352,9 +360,8 @@ def make_tuner(study: Study, plans: Sequence[CellPlan], folder: StudyFolder, set
         from ray.tune.schedulers import ASHAScheduler
 
         longest = max(p.total_steps for p in plans)
-        shortest_epoch = min(p.cfg.mbpo.epoch_length for p in plans)
         scheduler = ASHAScheduler(time_attr=ASHA_TIME_ATTR, metric=ASHA_METRIC, mode="max", max_t=longest,
-                                  grace_period=study.grace_period or shortest_epoch,
+                                  grace_period=study.grace_period or default_grace_period(plans),
                                   reduction_factor=study.reduction_factor)
     namer = functools.partial(trial_name, indexed=study.searched)
     return tune.Tuner(
@@ -442,28 +449,53 @@ def _tune_path(folder: StudyFolder) -> str:
     return f"{folder.location.rstrip('/')}/{TUNE_FOLDER}" if folder.is_uri else str(folder.path.resolve() / TUNE_FOLDER)
 
 
+# The exit status of `mbpo-ray sweep` (docs/sweeps.md): every trial finished; some trial failed;
+# none failed but some stopped before their budget (the time budget, ASHA, an interrupt).
+EXIT_FINISHED, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
+
+
+def trial_statuses(results) -> Dict[str, str]:
+    """Tune's status of each trial (TERMINATED, ERROR, PENDING, ...) by its folder's name."""
+    analysis = getattr(results, "_experiment_analysis", None)
+    return {Path(t.path).name: t.status for t in getattr(analysis, "trials", None) or []}
+
+
 def _summary(results, plans: Sequence[CellPlan], folder: StudyFolder, stream) -> int:
-    """One line per trial; the exit status (1 when a trial failed)."""
+    """One line per trial, what continues the unfinished ones, and the exit status
+    (``EXIT_FINISHED``, ``EXIT_FAILED`` or ``EXIT_STOPPED``)."""
     budgets = {p.cell.name: p.total_steps for p in plans}
-    rows, failed, unfinished = [], 0, 0
+    statuses = trial_statuses(results)
+    rows, failed, stopped, interrupted = [], [], [], []
     for result in results:
         name = Path(result.path).name
         metrics = result.metrics or {}
         steps = metrics.get("env_steps", 0)
         if result.error is not None:
-            failed += 1
+            failed.append(name)
             status = f"failed: {str(result.error).strip().splitlines()[-1][:160]}"
         elif steps < budgets.get((result.config or {}).get("cell"), 0):
-            unfinished += 1
-            status = "stopped early (scheduler, time budget or interrupt)"
+            if statuses.get(name, "TERMINATED") == "TERMINATED":
+                stopped.append(name)
+                status = "stopped before its budget (the study's time budget or ASHA)"
+            else:
+                interrupted.append(name)
+                status = "interrupted"
         else:
             status = "finished"
         last = metrics.get("eval/return_mean")
         rows.append(f"  {name}: {steps} env steps, last eval return "
                     f"{'-' if last is None else f'{last:.1f}'}; {status}")
-    stream.write(f"study folder {folder.location}: {len(rows)} trials, {failed} failed, {unfinished} stopped "
-                 f"early\n" + "\n".join(sorted(rows)) + "\n")
-    if failed or unfinished:
-        stream.write(f"a trial that failed or was interrupted continues with: mbpo-ray sweep --resume "
+    stream.write(f"study folder {folder.location}: {len(rows)} trials, {len(failed)} failed, {len(stopped)} "
+                 f"stopped before their budget, {len(interrupted)} interrupted\n" + "\n".join(sorted(rows)) + "\n")
+    if failed or interrupted:
+        stream.write(f"failed and interrupted trials continue from their checkpoints with: mbpo-ray sweep --resume "
                      f"{folder.location}\n")
-    return 1 if failed else 0
+    if stopped:
+        where = (f"{folder.path / RUNS_FOLDER}/<trial>" if not folder.is_uri else
+                 f"a folder made of {folder.location}/{TUNE_FOLDER}/<trial>/checkpoint_<newest>/ (checkpoint.pt; "
+                 f"metrics-snapshot.jsonl and config-snapshot.yaml renamed to metrics.jsonl and config.yaml)")
+        stream.write(f"--resume does not continue a trial that the time budget or ASHA stopped (Tune counts it as "
+                     f"finished); to extend one: mbpo-ray train --resume {where}\n")
+    if failed:
+        return EXIT_FAILED
+    return EXIT_STOPPED if stopped or interrupted else EXIT_FINISHED
