@@ -31,7 +31,7 @@ from typing import Any, Dict, List, NamedTuple, Optional
 import yaml
 
 from mbpo_ray.cluster_files import (LEARNER_RESOURCE, OUR_RESOURCES, WORKER_RESOURCE, NodeKind,  # noqa: F401
-                                    group_kind, node_kinds, ray_up_kinds)
+                                    group_kind, node_kinds, quantity, ray_up_kinds)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_NAME = "mbpo-ray"
@@ -197,13 +197,90 @@ def check_ray_up(raw: Dict[str, Any], v: Versions) -> List[str]:
     docker = raw.get("docker") or {}
     problems = [f"docker.{key}: missing; every node runs our image" for key in ("image", "container_name")
                 if not docker.get(key)]
+    provider = (raw.get("provider") or {}).get("type")
+    if provider == "aws":
+        problems += aws_problems(raw)
+    elif provider == "gcp":
+        problems += gcp_problems(raw)
     return problems + kind_problems(ray_up_kinds(raw), v)
+
+
+def aws_problems(raw: Dict[str, Any]) -> List[str]:
+    """Every node type names its machine image (without one `ray up` falls back to an old Ubuntu
+    18.04 Deep Learning AMI, whose driver may not run the GPU image's CUDA), and every worker
+    type an instance profile (`ray up` gives one to the head only; a worker without one cannot
+    write the study's bucket)."""
+    problems = []
+    head = raw.get("head_node_type")
+    for name, spec in (raw.get("available_node_types") or {}).items():
+        config = (spec or {}).get("node_config") or {}
+        if not config.get("ImageId"):
+            problems.append(f"available_node_types.{name}.node_config.ImageId: missing; `ray up` would boot an old "
+                            f"Ubuntu 18.04 Deep Learning AMI whose NVIDIA driver may not run the image's CUDA "
+                            f"(docs/clusters.md, \"Machine images\")")
+        if name != head and not config.get("IamInstanceProfile"):
+            problems.append(f"available_node_types.{name}.node_config.IamInstanceProfile: missing; `ray up` gives "
+                            f"an instance profile to the head only, and a worker without one cannot write the "
+                            f"study's S3 bucket (e.g. {{Name: ray-autoscaler-v1}})")
+    return problems
+
+
+def gcp_problems(raw: Dict[str, Any]) -> List[str]:
+    """GCE's ``scheduling`` is an object; a VM with a GPU must stop on host maintenance, and a
+    preemptible one must also never restart by itself."""
+    problems = []
+    for name, spec in (raw.get("available_node_types") or {}).items():
+        spec = spec or {}
+        config = spec.get("node_config") or {}
+        where = f"available_node_types.{name}.node_config.scheduling"
+        scheduling = config.get("scheduling")
+        if scheduling is not None and not isinstance(scheduling, dict):
+            problems.append(f"{where}: a {type(scheduling).__name__}; GCE takes an object "
+                            f"(e.g. {{onHostMaintenance: TERMINATE}})")
+            continue
+        scheduling = scheduling or {}
+        gpu = bool(config.get("guestAccelerators")) or float((spec.get("resources") or {}).get("GPU", 0) or 0) > 0
+        if gpu and scheduling.get("onHostMaintenance") != "TERMINATE":
+            problems.append(f"{where}.onHostMaintenance: must be TERMINATE on a node type with a GPU (GCE cannot "
+                            f"live-migrate a VM with a GPU)")
+        if scheduling.get("preemptible") and (scheduling.get("onHostMaintenance") != "TERMINATE"
+                                               or scheduling.get("automaticRestart") is not False):
+            problems.append(f"{where}: a preemptible VM needs onHostMaintenance: TERMINATE and "
+                            f"automaticRestart: false")
+    return problems
 
 
 # --- KubeRay files ---------------------------------------------------------------------------------
 
-def raycluster_problems(spec: Dict[str, Any], where: str, v: Versions) -> List[str]:
+# The vCPUs of whole nodes of the common sizes: a pod that asks for as many never fits one, since
+# the kubelet and the DaemonSets reserve part of every node.
+WHOLE_NODE_CPUS = (2, 4, 8, 16, 32, 48, 64, 96, 128, 192)
+
+
+def pod_problems(group: Dict[str, Any], where: str, head: bool) -> List[str]:
+    """A worker pod asks for less than a whole node's CPUs; every pod has a memory-backed
+    /dev/shm (Ray's object store lives there; a container's own is 64 MB)."""
     problems = []
+    pod = group["template"]["spec"]
+    container = pod["containers"][0]
+    requests = (container.get("resources") or {}).get("requests") or (container.get("resources") or {}).get("limits") or {}
+    if not head and "cpu" in requests and quantity(requests["cpu"]) in WHOLE_NODE_CPUS:
+        problems.append(f"{where}: the pod requests {requests['cpu']} CPUs, all the vCPUs of a node of that size, "
+                        f"and would never be scheduled (the kubelet and DaemonSets reserve some); request less "
+                        f"(e.g. {quantity(requests['cpu']) - 1:g} for a {requests['cpu']}-vCPU node)")
+    memory_volumes = {v["name"] for v in pod.get("volumes") or []
+                      if (v.get("emptyDir") or {}).get("medium") == "Memory"}
+    if not any(m["mountPath"].rstrip("/") == "/dev/shm" and m["name"] in memory_volumes
+               for m in container.get("volumeMounts") or []):
+        problems.append(f"{where}: no memory-backed /dev/shm (an emptyDir volume with medium: Memory mounted at "
+                        f"/dev/shm); Ray's object store would get a container's 64 MB")
+    return problems
+
+
+def raycluster_problems(spec: Dict[str, Any], where: str, v: Versions) -> List[str]:
+    problems = pod_problems(spec["headGroupSpec"], f"{where}.headGroupSpec", True)
+    for i, group in enumerate(spec.get("workerGroupSpecs") or []):
+        problems += pod_problems(group, f"{where}.workerGroupSpecs[{group.get('groupName', i)}]", False)
     if str(spec.get("rayVersion")) != v.ray:
         problems.append(f"{where}.rayVersion: {spec.get('rayVersion')!r}, but this checkout pins Ray {v.ray} "
                         f"(constraints.txt)")

@@ -102,9 +102,44 @@ def test_rayjob_runs_the_raycluster_spec_and_a_shipped_study():
     groups = [cluster["spec"]["headGroupSpec"]] + cluster["spec"]["workerGroupSpecs"]
     for group in groups:
         pod = group["template"]["spec"]
-        assert pod["volumes"] == [{"name": "studies", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}]
+        assert {"name": "studies", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in pod["volumes"]
         assert {"name": "studies", "mountPath": "/mnt/mbpo"} in pod["containers"][0]["volumeMounts"]
     assert words[words.index("--out") + 1].startswith("/mnt/mbpo/")
+
+
+# Each defect a first deployment would meet, flagged on a copy of the shipped file that has it
+# (the shipped files had each of these before they were fixed).
+@pytest.mark.parametrize("path, old, new, words", [
+    (ray_up("gcp.yaml"), "scheduling:\n        onHostMaintenance: TERMINATE\n        automaticRestart: true",
+     "scheduling:\n        - onHostMaintenance: TERMINATE", ["gpu.node_config.scheduling: a list; GCE takes an object"]),
+    (ray_up("gcp.yaml"), "        onHostMaintenance: TERMINATE\n        automaticRestart: true", "        automaticRestart: true",
+     ["gpu.node_config.scheduling.onHostMaintenance: must be TERMINATE on a node type with a GPU"]),
+    (ray_up("gcp.yaml"), "        preemptible: true\n        onHostMaintenance: TERMINATE\n        automaticRestart: false",
+     "        preemptible: true", ["cpu.node_config.scheduling: a preemptible VM needs onHostMaintenance: TERMINATE"]),
+    (ray_up("aws.yaml"), "      InstanceType: g5.2xlarge\n      ImageId: resolve:ssm:", "      InstanceType: g5.2xlarge\n      Foo: ",
+     ["gpu.node_config.ImageId: missing; `ray up` would boot an old Ubuntu 18.04"]),
+    (ray_up("aws.yaml"), "      InstanceType: c6i.4xlarge", "      InstanceType: c6i.4xlarge\n      X: 1", []),
+    (kuberay("raycluster.yaml"), 'requests: {cpu: "14", memory: 26Gi}', 'requests: {cpu: "16", memory: 26Gi}',
+     ["workerGroupSpecs[cpu]: the pod requests 16 CPUs, all the vCPUs of a node of that size"]),
+    (kuberay("raycluster.yaml"), "        volumes:\n          - name: studies\n            persistentVolumeClaim: "
+     "{claimName: mbpo-studies}\n          - name: dshm\n            emptyDir: {medium: Memory}",
+     "        volumes:\n          - name: studies\n            persistentVolumeClaim: {claimName: mbpo-studies}",
+     ["spec.headGroupSpec: no memory-backed /dev/shm"]),
+])
+def test_deployment_defects_of_cluster_files_are_flagged(path, old, new, words):
+    found = broken(path, old, new)
+    if not words:  # a harmless change stays clean: the rules are not tripped by anything
+        assert found == []
+    for text in words:
+        assert any(text in line for line in found), (text, found)
+
+
+def test_aws_workers_without_an_instance_profile_are_flagged():
+    text = ray_up("aws.yaml").read_text()
+    assert text.count("      IamInstanceProfile: {Name: ray-autoscaler-v1}\n") == 2
+    found = problems_of(ray_up("aws.yaml"), text.replace("      IamInstanceProfile: {Name: ray-autoscaler-v1}\n", ""))
+    assert [line.split(":")[1].strip() for line in found] == [
+        "available_node_types.gpu.node_config.IamInstanceProfile", "available_node_types.cpu.node_config.IamInstanceProfile"]
 
 
 def test_cluster_check_command_passes_on_the_checkout():
