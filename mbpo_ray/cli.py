@@ -17,6 +17,7 @@ from mbpo_ray.config import (ALGOS, ENV_ID_HELP, SUPPORTED_ENVS, ConfigError, Co
 from mbpo_ray.analysis.options import add_report_arguments
 from mbpo_ray.diagnostics.options import add_analyze_arguments
 from mbpo_ray.errors import RunDirError
+from mbpo_ray.rehearsal.command import add_cluster_arguments
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seeds import GroupDirectory, check_group_config, parse_seeds
 from mbpo_ray.tune.command import add_sweep_arguments
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(sub.add_parser(
         "report", help="compare runs: learning curves, final scores, IQM, probability of improvement, "
                        "performance profiles, steps to threshold, sample efficiency (docs/report.md)"))
+    add_cluster_arguments(sub.add_parser(
+        "cluster", help="cluster files: rehearse one on this machine before its first `ray up` (docs/clusters.md)"))
     add_analyze_arguments(sub.add_parser(
         "analyze", help="the MBPO paper's analysis on a run: compounding error, the bound and k*, model error "
                         "under policy shift, exploitation, ensemble disagreement, data flow; report bundles "
@@ -232,6 +235,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "config":
             return _show(args)
+        if args.command == "cluster":
+            from mbpo_ray.rehearsal.command import run_cluster_command
+
+            return run_cluster_command(args)
         if args.command == "sweep":
             from mbpo_ray.tune.command import run_sweep_command
 

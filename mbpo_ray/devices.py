@@ -8,9 +8,14 @@ a silent fall back to the CPU.
 Inside a Ray actor, Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned (``ray.get_gpu_ids()``),
 so the actor sees them as visible indices 0 .. len-1 and runs on the first; an actor that got no GPU runs
 on the CPU. Which actors get a GPU is set by ``ray.*_gpus`` (checked in mbpo_ray.config).
+
+``LOGICAL_GPUS_VARIABLE`` set to 1 in the environment says that the cluster's GPUs are logical
+resources only (`mbpo-ray cluster rehearse`, which lays out a GPU cluster on a machine without
+one): an actor that Ray assigned a GPU then runs on the CPU instead of stopping.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from mbpo_ray.errors import ConfigError
@@ -20,6 +25,7 @@ if TYPE_CHECKING:
 
 
 FIRST_VISIBLE = 0  # "cuda" means the first GPU this process sees (Ray's assignment inside an actor)
+LOGICAL_GPUS_VARIABLE = "MBPO_RAY_LOGICAL_GPUS"
 
 
 def _present(cuda_count: int, mps_available: bool) -> str:
@@ -66,6 +72,8 @@ def _choose_for_actor(spec: str, cuda_count: int, gpu_ids: list) -> str:
         raise ConfigError(f"device={spec!r} is not allowed: Ray assigned GPU(s) {gpu_ids} to this "
                           f"actor; with runtime=ray Ray assigns GPUs to actors: use device=auto or cuda")
     if cuda_count == 0:
+        if os.environ.get(LOGICAL_GPUS_VARIABLE) == "1":  # a rehearsal's logical GPUs (module docstring)
+            return "cpu"
         raise ConfigError(f"Ray assigned GPU(s) {gpu_ids} to this actor but torch sees no CUDA "
                           f"device (CUDA_VISIBLE_DEVICES, the driver or torch's CUDA build)")
     # Ray made exactly the assigned GPUs visible: the actor's first one has the first visible index
