@@ -41,6 +41,7 @@ import yaml
 
 from mbpo_ray.cluster_files import LEARNER_RESOURCE, WORKER_RESOURCE, NodeKind, node_kinds
 from mbpo_ray.devices import LOGICAL_GPUS_VARIABLE
+from mbpo_ray.rehearsal.fake_cluster import HEAD_NODE_ID
 from mbpo_ray.errors import ConfigError
 
 STORAGE_KINDS = ("local", "nfs", "s3")
@@ -197,11 +198,11 @@ class ClusterView:
 
 
 def node_kind_of(resources: Dict[str, float], kinds: List[NodeKind]) -> str:
-    """The name of the node kind whose custom resources a live node advertises ('head' for one
-    with none, as the files' heads)."""
-    for kind in kinds:
-        if not kind.head and kind.custom and all(resources.get(k, 0) >= v - 1e-9 for k, v in kind.custom.items()):
-            return kind.name
+    """The name of the node kind whose custom resources a live node advertises ("head" for the
+    head's kind, or for a node with none of the project's resources when the head has none)."""
+    for kind in sorted(kinds, key=lambda k: k.head):
+        if kind.custom and all(resources.get(k, 0) >= v - 1e-9 for k, v in kind.custom.items()):
+            return "head" if kind.head else kind.name
     return "head" if not any(k in resources for k in (LEARNER_RESOURCE, WORKER_RESOURCE)) else "?"
 
 
@@ -345,16 +346,24 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
         # 7. a node lost mid-study, once the trial has a checkpoint
         if kill:
             start = time.monotonic()
-            if not wait_for(lambda: _has_checkpoint(state["out"], s3), min(900.0, timeout_s), every_s=3.0):
+            if not wait_for(lambda: _has_checkpoint(state["out"], s3), min(900.0, timeout_s), every_s=0.5):
                 runner.fail("node lost", start, f"no trial checkpoint within 900 s; see {folder / 'job.log'}")
-            node = nodes[trial_node]
-            victim_kind = node_kind_of(node["Resources"], kinds)
-            fake_id = _fake_node_id(node)
-            killed = kill_node(fake_id) if fake_id else 0
+            # the node running the trial's process; where that is the head (an on-prem head with
+            # CPUs), a node running its collectors or rollout workers: the head is never lost
+            victim, state["lost"] = trial_node, "trial"
+            if victim == HEAD_NODE_ID:
+                victim = next((a["node_id"] for a in actors if a["class_name"] in WORKER_ACTORS
+                               and a["node_id"] != HEAD_NODE_ID), None)
+                state["lost"] = "workers"
+            if victim is None:
+                runner.fail("node lost", start, "every actor of the trial runs on the head: no worker node to lose")
+            victim_kind = node_kind_of(nodes[victim]["Resources"], kinds)
+            killed = kill_node(victim)
             if not killed:
-                runner.fail("node lost", start, f"could not find the processes of node {trial_node[:12]}")
-            state["killed"] = trial_node
-            detail = f"killed the {victim_kind} node running the trial ({killed} processes) after its first checkpoint"
+                runner.fail("node lost", start, f"could not find the processes of node {victim[:12]}")
+            state["killed"] = victim
+            what = "the trial" if state["lost"] == "trial" else "the trial's collectors and rollout workers"
+            detail = f"killed the {victim_kind} node running {what} ({killed} processes) after its first checkpoint"
             record.steps.append(Step("node lost", True, time.monotonic() - start, detail))
             stream.write(f"  ok   node lost: {detail} ({time.monotonic() - start:.1f} s)\n")
 
@@ -382,13 +391,21 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
         if kill:
             # the trial that ran on the lost node failed there (Tune kept its error) and went on
             # from its checkpoint: its last results come from another node
-            hit = [t for t in results if _failed_once(state["out"], s3, folder / "downloaded", t)]
-            elsewhere = [t for t in hit if results[t][-1].get("node_id") not in (None, state["killed"])]
-            if not hit or elsewhere != hit:
-                runner.fail("resumed elsewhere", start, f"trials that failed: {hit or 'none'}; ended on another "
-                            f"node: {elsewhere or 'none'}; check max_failures and that the lost node's type may "
-                            f"start another node (max_workers)")
-            detail = f"{', '.join(hit)} failed with its node and went on from its checkpoint on another node"
+            if state["lost"] == "trial":
+                hit = [t for t in results if _failed_once(state["out"], s3, folder / "downloaded", t)]
+                elsewhere = [t for t in hit if results[t][-1].get("node_id") not in (None, state["killed"])]
+                if not hit or elsewhere != hit:
+                    runner.fail("resumed elsewhere", start, f"trials that failed: {hit or 'none'}; ended on another "
+                                f"node: {elsewhere or 'none'}; check max_failures and that the lost node's type "
+                                f"may start another node (max_workers)")
+                detail = f"{', '.join(hit)} failed with its node and went on from its checkpoint on another node"
+            else:
+                restarted = {t: r[-1].get("perf/actor_restarts", 0) for t, r in results.items()}
+                if not any(restarted.values()):
+                    runner.fail("resumed elsewhere", start, f"no trial recreated its lost actors ({restarted}); "
+                                f"check ray.max_actor_restarts and that the worker type may start another node")
+                detail = (f"{', '.join(t for t, n in restarted.items() if n)} recreated its lost actors on "
+                          f"another node and finished")
             record.steps.append(Step("resumed elsewhere", True, time.monotonic() - start, detail))
             stream.write(f"  ok   resumed elsewhere: {detail}\n")
         runner.step("results", lambda: _check_results(results, budget, state["out"], s3, folder))
@@ -424,11 +441,6 @@ def _tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return "(no output)"
     return " | ".join(line.strip() for line in text[-lines:])
-
-
-def _fake_node_id(node: Dict[str, Any]) -> Optional[str]:
-    """The fake provider's id of a node: its Ray node id (the provider sets it)."""
-    return node.get("NodeID")
 
 
 def _has_checkpoint(out: str, s3) -> bool:

@@ -8,7 +8,9 @@ GPUs are logical resources here (a trial on a "GPU node" runs on the CPU). What 
 changes in a cluster file, and why:
 
 - node counts: each worker type at most ``MAX_NODES_PER_TYPE`` (a 2-core machine), at least
-  its ``min_workers``; every type still starts from zero when the file says so;
+  its ``min_workers``; every type still starts from zero when the file says so. The autoscaler
+  may start one more (``SPARE_NODES``) to replace a node the rehearsal kills: the fake provider
+  never learns that a killed node is gone (a cloud's does) and goes on counting it;
 - the head type is named ``ray.head.default`` (the fake provider's name for it) and the worker
   types keep their names;
 - every node's object store is ``OBJECT_STORE_MB`` (Ray's default, 30 % of the memory for each
@@ -33,8 +35,12 @@ from mbpo_ray.cluster_files import NodeKind
 from mbpo_ray.errors import ConfigError
 
 HEAD_TYPE = "ray.head.default"
+HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider gives the head this Ray node id
+# CPUs of a node type that states none (Ray would count the machine's cores): a modest machine
+UNSTATED_CPUS = 4.0
 GCS_PORT = 6379
 MAX_NODES_PER_TYPE = 2
+SPARE_NODES = 1
 OBJECT_STORE_MB = 150
 NODE_ID_VARIABLE = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"
 NODE_TYPE_VARIABLE = "RAY_NODE_TYPE_NAME"
@@ -58,11 +64,10 @@ def rehearsed_types(kinds: List[NodeKind]) -> List[RehearsedType]:
     out = []
     for kind in kinds:
         resources = {k: float(v) for k, v in kind.resources.items()}
+        resources.setdefault("CPU", UNSTATED_CPUS)
         if kind.head:
             out.append(RehearsedType(HEAD_TYPE, resources, 0, 0, head=True))
             continue
-        if "CPU" not in resources:  # Ray would count the machine's cores; say so, use 2
-            resources["CPU"] = 2.0
         most = max(min(kind.max_count, MAX_NODES_PER_TYPE), min(kind.min_count, MAX_NODES_PER_TYPE))
         out.append(RehearsedType(kind.name, resources, min(kind.min_count, most), most,
                                  original_max=kind.max_count))
@@ -76,13 +81,14 @@ def autoscaling_config(types: List[RehearsedType], idle_timeout_minutes: float =
     node_types = {}
     for t in types:
         resources = {**t.resources, "object_store_memory": OBJECT_STORE_MB * 1024 * 1024}
-        spec = {"resources": resources, "node_config": {}, "max_workers": t.max_workers}
+        spec = {"resources": resources, "node_config": {},
+                "max_workers": t.max_workers + (0 if t.head else SPARE_NODES)}
         if not t.head:
             spec["min_workers"] = t.min_workers
         node_types[t.name] = spec
     return {
         "cluster_name": "mbpo-ray-rehearsal",
-        "max_workers": sum(t.max_workers for t in types if not t.head),
+        "max_workers": sum(t.max_workers + SPARE_NODES for t in types if not t.head),
         "upscaling_speed": 1.0,
         "idle_timeout_minutes": idle_timeout_minutes,
         "provider": {"type": "fake_multinode", "disable_launch_config_check": True,
@@ -105,6 +111,7 @@ def _port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers that bind it
         try:
             sock.bind(("0.0.0.0", port))
             return True
@@ -187,6 +194,9 @@ class FakeCluster:
         subprocess.run([_ray_command(), "stop", "--force"], env=self.env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=120)
         self.started = False
+        deadline = time.monotonic() + 30  # the next cluster on this machine needs the ports
+        while not (_port_free(GCS_PORT) and _port_free(self.dashboard_port)) and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 # --- nodes of the fake provider ------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any, Dict
 from mbpo_ray.tune.study import Study, dump_study, load_study, validate_study
 
 EPOCH_LENGTH = 200
-EPOCHS = 4
+EPOCHS = 10  # a node lost after the first checkpoint leaves the trial most of its work
 # Every phase of MBPO within the budget (a warm-up epoch, then model fits, rollouts and SAC
 # updates each epoch), as the test suite's tiny runs
 TINY_FIELDS: Dict[str, Any] = {
@@ -22,7 +22,7 @@ TINY_FIELDS: Dict[str, Any] = {
     "mbpo.init_random_steps": EPOCH_LENGTH,
     "mbpo.model_train_freq": 100,
     "mbpo.rollout_batch_size": 500,
-    "mbpo.updates_per_step": 1,
+    "mbpo.updates_per_step": 4,
     "mbpo.rollout_schedule": [0, 2, 1, 1],
     "model.hidden_width": 32,
     "model.max_fit_epochs": 3,
