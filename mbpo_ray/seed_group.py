@@ -37,13 +37,16 @@ from mbpo_ray.models.targets import fit_data_from_buffer
 from mbpo_ray.precision import autocast
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seeds import GroupDirectory, check_group_config, format_seeds
-from mbpo_ray.train import (Progress, TrainHook, TrainResult, checkpoint_due, checkpoint_state, keep_networks,
-                            rng_state, seed_everything, set_rng_state, stop_on_signals)
+from mbpo_ray.train import (Progress, TrainHook, TrainResult, checkpoint_due, checkpoint_state, hook_stop,
+                            keep_networks, rng_state, seed_everything, set_rng_state, stop_on_signals)
 
 
 class GroupHook:
     """Something that follows a whole group as ``train_group`` drives it (a sweep trial of
-    packed seeds, mbpo_ray.tune.trainable); each seed's own followers are ``TrainHook``s."""
+    packed seeds, mbpo_ray.tune.trainable); each seed's own followers are ``TrainHook``s.
+    ``stop_requested`` as ``TrainHook``'s: the group checkpoints and ends after this epoch."""
+
+    stop_requested: bool = False
 
     def start(self, runs: Dict[int, RunDirectory]) -> None:
         """Every seed's run directory is ready (created, or restored for a resume)."""
@@ -313,7 +316,8 @@ def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, sto
                         hook.epoch(record, lane.run.checkpoint_path if saved else None)
                 for group_hook in group_hooks:
                     group_hook.epoch({lane.seed: record for lane, record in zip(lanes, records)}, saved)
-            if stop.requested or (stop_at is not None and group.env_steps >= stop_at):
+            if (stop.requested or hook_stop(group_hooks)
+                    or (stop_at is not None and group.env_steps >= stop_at)):
                 if group.env_steps < cfg.total_steps:
                     group.save_checkpoints(group_dir)
                     stopped_early = True

@@ -81,7 +81,11 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
 class TrainHook:
     """Something that follows a run as ``train`` drives it: W&B (mbpo_ray.wandb_log), a Ray
-    Tune trial (mbpo_ray.tune.trainable). Every method is called in this process."""
+    Tune trial (mbpo_ray.tune.trainable). Every method is called in this process.
+    ``stop_requested``: set by a hook (a Tune trial that its scheduler or the study's time
+    budget stopped) to end the run after this epoch as Ctrl-C does: a checkpoint, then ``end``."""
+
+    stop_requested: bool = False
 
     def start(self, run: RunDirectory, cfg: TrainConfig) -> None:
         """The run directory is ready (created, or restored for a resume)."""
@@ -210,6 +214,11 @@ class Progress:
             self.bar.close()
 
 
+def hook_stop(hooks) -> bool:
+    """Whether a hook asked the run to stop (``TrainHook.stop_requested``)."""
+    return any(getattr(hook, "stop_requested", False) for hook in hooks)
+
+
 def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: bool,
                 stop_at: Optional[int], hooks: Sequence[TrainHook] = ()) -> TrainResult:
     epochs_done = 0
@@ -234,7 +243,7 @@ def _train_loop(cfg: TrainConfig, run: RunDirectory, algo: Algorithm, progress: 
                     bar.epoch(algo.env_steps, record)
                 for hook in hooks:
                     hook.epoch(record, run.checkpoint_path if saved else None)
-            if stop.requested or (stop_at is not None and algo.env_steps >= stop_at):
+            if stop.requested or hook_stop(hooks) or (stop_at is not None and algo.env_steps >= stop_at):
                 if algo.env_steps < cfg.total_steps:
                     save_checkpoint(run, algo)
                     stopped_early = True

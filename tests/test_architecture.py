@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "mbpo_ray"
 
 # Where `ray` may be imported: these modules and everything under them (mbpo_ray.tune: the
-# sweeps of issue 9, on Ray Tune).
-RAY_ALLOWED = ("mbpo_ray.runtime.ray", "mbpo_ray.algos.rllib_sac", "mbpo_ray.tune")
+# sweeps on Ray Tune; mbpo_ray.rehearsal: the rehearsal of a cluster launch).
+RAY_ALLOWED = ("mbpo_ray.runtime.ray", "mbpo_ray.algos.rllib_sac", "mbpo_ray.tune", "mbpo_ray.rehearsal")
 # The only runtime modules an algorithm may import.
 RUNTIME_INTERFACE = ("mbpo_ray.runtime.base", "mbpo_ray.runtime.factory")
 # The core: no algorithm, no runtime, no Ray.

@@ -280,7 +280,7 @@ def test_a_study_stopped_by_its_time_budget_exits_3_and_says_how_to_extend_it(ra
         envs: [InvertedPendulum-v5]
         seeds: [0]
         budget: {env_steps: 100000, time_s: 12}
-        wandb: false
+        wandb: {mode: offline}
         """, "timed")
     folder = tmp_path / "study"
     out = io.StringIO()
@@ -292,6 +292,13 @@ def test_a_study_stopped_by_its_time_budget_exits_3_and_says_how_to_extend_it(ra
     run = RunDirectory(folder / "runs" / "sac-InvertedPendulum-v5-seed0")
     steps = env_steps(run)
     assert steps and steps[-1] < 100000
+    # the stopped run ended as Ctrl-C ends one: a checkpoint at its last epoch, its curve, and its
+    # W&B run flushed and finished (before: the process ended with the stop, and W&B never got
+    # the curve nor the summary)
+    assert run.load_checkpoint()["env_steps"] == steps[-1] and run.curve_path.is_file()
+    (wandb_run,) = sorted((run.path / "wandb").glob("offline-run-*"))
+    data = b"".join(p.read_bytes() for p in wandb_run.glob("run-*.wandb"))
+    assert b"curve" in data and b"completed" in data
     # the hint is true: the trial's folder continues as a run
     assert main(["train", "--resume", str(run.path), "--steps", str(steps[-1] + 200), "--no-progress"]) == 0
     assert env_steps(run)[-1] == steps[-1] + 200

@@ -49,7 +49,8 @@ DEFAULT_STUDY = "tune_configs/cluster.yaml"
 BUCKET = "mbpo-rehearsal"
 LEARNER_ACTORS = ("Learner", "ModelTrainer", "BufferActor")
 WORKER_ACTORS = ("EnvCollector", "RolloutWorker")
-TRIAL_ACTOR = "ImplicitFunc"  # the Ray actor that runs a Tune function trainable
+JOB_ACTORS = ("JobSupervisor",)  # Ray's own actor of a submitted job
+TRIAL = "trial"  # how the placement line names the actor that runs a trial (Tune's trainable)
 TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -287,6 +288,15 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
                                         env=cluster.env)
             return f"job {job_id}: mbpo-ray sweep {scaled.name} --out {state['out']} (its output: {folder / 'job.log'})"
         runner.step("submit", submit)
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(cluster.dashboard)
+
+        def job_status() -> str:
+            return str(client.get_job_status(state["job"])).split(".")[-1]
+
+        def job_ended() -> bool:
+            return job_status() in TERMINAL_JOB_STATES
 
         # 5. nodes launched by the autoscaler
         start = time.monotonic()
@@ -312,14 +322,16 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
         # 6. placement: every actor on its kind of node
         start = time.monotonic()
         def placed():
-            actors = view.actors()
+            if job_ended():
+                return "ended"
+            actors = [{**a, "class_name": role_of(a["class_name"])} for a in view.actors()]
             classes = {a["class_name"] for a in actors}
-            wanted = {TRIAL_ACTOR} | (set(LEARNER_ACTORS) | set(WORKER_ACTORS) if ray_runtime else set())
+            wanted = {TRIAL} | (set(LEARNER_ACTORS) | set(WORKER_ACTORS) if ray_runtime else set())
             return actors if wanted <= classes else None
-        actors = wait_for(placed, min(600.0, timeout_s), every_s=3.0)
-        if not actors:
-            runner.fail("placement", start, f"the trial's actors were not all running within 600 s; see "
-                        f"{folder / 'job.log'}")
+        actors = wait_for(placed, min(300.0, timeout_s), every_s=1.0)
+        if not actors or actors == "ended":
+            runner.fail("placement", start, f"the trial's actors were not all seen running "
+                        f"({'the job ended first' if actors == 'ended' else 'within 300 s'}); see {folder / 'job.log'}")
         nodes = {n["NodeID"]: n for n in view.nodes()}
         wrong = []
         where: Dict[str, str] = {}
@@ -332,12 +344,12 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
                 wrong.append(f"{actor['class_name']} on {kind}")
             if actor["class_name"] in WORKER_ACTORS and WORKER_RESOURCE not in res:
                 wrong.append(f"{actor['class_name']} on {kind}")
-            if actor["class_name"] == TRIAL_ACTOR and kind == "head" and res.get("CPU", 0) == 0:
+            if actor["class_name"] == TRIAL and kind == "head" and res.get("CPU", 0) == 0:
                 wrong.append("a trial on the head")
         if wrong:
             runner.fail("placement", start, f"{', '.join(wrong)}: give the GPU node type {LEARNER_RESOURCE} and the "
                         f"CPU worker type {WORKER_RESOURCE} in its resources (docs/clusters.md)")
-        trial_node = next(a["node_id"] for a in actors if a["class_name"] == TRIAL_ACTOR)
+        trial_node = next(a["node_id"] for a in actors if a["class_name"] == TRIAL)
         state["trial_node"] = trial_node
         detail = ", ".join(f"{c} on {k}" for c, k in sorted(where.items()))
         record.steps.append(Step("placement", True, time.monotonic() - start, detail))
@@ -346,8 +358,12 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
         # 7. a node lost mid-study, once the trial has a checkpoint
         if kill:
             start = time.monotonic()
-            if not wait_for(lambda: _has_checkpoint(state["out"], s3), min(900.0, timeout_s), every_s=0.5):
-                runner.fail("node lost", start, f"no trial checkpoint within 900 s; see {folder / 'job.log'}")
+            found = wait_for(lambda: "ended" if job_ended() else
+                             ("checkpoint" if _has_checkpoint(state["out"], s3) else None),
+                             min(600.0, timeout_s), every_s=0.5)
+            if found != "checkpoint":
+                runner.fail("node lost", start, f"no trial checkpoint while the job ran "
+                            f"({'it ended first' if found else 'within 600 s'}); see {folder / 'job.log'}")
             # the node running the trial's process; where that is the head (an on-prem head with
             # CPUs), a node running its collectors or rollout workers: the head is never lost
             victim, state["lost"] = trial_node, "trial"
@@ -369,12 +385,7 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
 
         # 8. the job ends
         start = time.monotonic()
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(cluster.dashboard)
-        status = wait_for(lambda: str(client.get_job_status(state["job"])).split(".")[-1]
-                          if str(client.get_job_status(state["job"])).split(".")[-1] in TERMINAL_JOB_STATES else None,
-                          timeout_s, every_s=3.0)
+        status = wait_for(lambda: job_status() if job_ended() else None, timeout_s, every_s=2.0)
         tail = _tail(folder / "job.log")
         if status != "SUCCEEDED":
             runner.fail("job", start, f"the job ended {status or 'not within the time limit'}; its last lines: {tail}")
@@ -433,6 +444,14 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
 def _ray() -> str:
     here = Path(sys.executable).parent / "ray"
     return str(here) if here.exists() else "ray"
+
+
+def role_of(class_name: str) -> str:
+    """An actor's role as the placement line names it: ours by class name, Ray's job supervisor,
+    else the actor of a trial (Tune names its class after the trainable's)."""
+    if class_name in LEARNER_ACTORS + WORKER_ACTORS + JOB_ACTORS:
+        return class_name
+    return TRIAL
 
 
 def _tail(path: Path, lines: int = 3) -> str:

@@ -337,9 +337,9 @@ def param_space(study: Study, plans: Sequence[CellPlan]) -> Dict[str, Any]:
 def trainable(settings: Dict[str, Any]):
     from ray import tune
 
-    from mbpo_ray.tune.trainable import run_trial, trial_resources
+    from mbpo_ray.tune.trainable import run_trial, trial_class, trial_resources
 
-    return tune.with_resources(tune.with_parameters(run_trial, settings=settings),
+    return tune.with_resources(trial_class(tune.with_parameters(run_trial, settings=settings)),
                                functools.partial(trial_resources, cells=settings["cells"]))
 
 

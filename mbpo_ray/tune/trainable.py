@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -187,7 +188,7 @@ class TuneReporter(GroupHook):
         if self.mirror is not None:
             self.mirror.sync()
         if not checkpointed:
-            tune.report(result)
+            self._report(result)
             return
         # beside the trial's folder, never inside Tune's working directory (which Tune uploads)
         folder = Path(tempfile.mkdtemp(prefix=SNAPSHOT_PREFIX, dir=self.trial.path.parent))
@@ -196,9 +197,22 @@ class TuneReporter(GroupHook):
                 write_snapshot(self.trial, folder)
             (folder / SNAPSHOT_INFO).write_text(json.dumps({"env_steps": result["env_steps"]}))
             # Tune copies the folder into the study's storage before report returns
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            self._report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _report(self, result: Dict[str, Any], checkpoint: Optional["tune.Checkpoint"] = None) -> None:
+        """``tune.report``. When Tune has stopped the trial (its scheduler, the study's time
+        budget), report raises SystemExit in this thread, or the session is gone: the run then
+        ends after this epoch as Ctrl-C ends it (``stop_requested``: a checkpoint, the W&B run
+        flushed and finished), while the trainable's ``stop`` waits for it (``trial_class``)."""
+        if TrialProcess.stopping:
+            self.stop_requested = True
+            return
+        try:
+            tune.report(result, checkpoint=checkpoint)
+        except SystemExit:
+            self.stop_requested = True
 
 
 class SingleRunReporter(TrainHook):
@@ -206,6 +220,10 @@ class SingleRunReporter(TrainHook):
 
     def __init__(self, reporter: TuneReporter, seed: int):
         self.reporter, self.seed = reporter, seed
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.reporter.stop_requested
 
     def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
         self.reporter.epoch({self.seed: record}, checkpoint is not None)
@@ -255,6 +273,41 @@ def trial_resources(config: Dict[str, Any], cells: Dict[str, Dict[str, Any]]) ->
     cell = cells[config["cell"]]
     cfg = trial_config(cell, config.get("search"))
     return tune.PlacementGroupFactory(trial_bundles(cfg, cell["gpus_per_trial"]), strategy="PACK")
+
+
+# How long a stopped trial's ``stop`` waits for its run to end: the epoch in progress, the
+# checkpoint and W&B's finish of a stopped run (``TuneReporter._report``).
+STOP_GRACE_S = 300.0
+
+
+class TrialProcess:
+    """What the Tune trainable of this process (``trial_class``) and its training thread
+    (``run_trial``) share: whether Tune is stopping the trial, and when its run has ended."""
+
+    stopping = False
+    done: Optional[threading.Event] = None
+
+
+def trial_class(function):
+    """The trainable class of ``function`` (a ``run_trial`` with its parameters): Tune's own
+    function trainable, whose ``stop`` waits for the run to end instead of leaving it mid-epoch.
+    Tune stops a trial (its scheduler, the study's time budget) by ending its actor once
+    ``stop`` returns, which without this wait would cut a stopped run off before its checkpoint,
+    its curve and its W&B run's finish."""
+    from ray.tune.trainable import wrap_function
+
+    base = wrap_function(function)
+
+    class MbpoTrial(base):
+        def cleanup(self):
+            TrialProcess.stopping = True
+            try:
+                super().cleanup()
+            finally:
+                if TrialProcess.done is not None:
+                    TrialProcess.done.wait(STOP_GRACE_S)
+
+    return MbpoTrial
 
 
 def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
@@ -307,6 +360,7 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
                      **{f"search/{k}": v for k, v in search.items()}}
             loggers[seed].append(WandbLogger(options, run_name, stable_run_id(settings["study_id"], run_name), extra))
     resume = states is not None
+    TrialProcess.stopping, TrialProcess.done = False, threading.Event()
     try:
         if len(trial.seeds) == 1:
             seed = trial.seeds[0]
@@ -319,3 +373,4 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     finally:
         if mirror is not None:  # the curve and W&B's last files; Tune uploads them as the trial ends
             mirror.sync()
+        TrialProcess.done.set()
