@@ -2,19 +2,9 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from mbpo_ray.devices import cpu_model  # noqa: F401  (the benchmarks' machine name: one owner)
 
 
 def write_results(out: str, result: dict) -> None:

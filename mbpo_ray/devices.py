@@ -87,3 +87,18 @@ def resolve_device(spec: str, gpu_ids: Optional[Sequence] = None) -> "torch.devi
     mps = getattr(torch.backends, "mps", None)
     mps_available = bool(mps is not None and mps.is_available())
     return torch.device(choose_device(spec, torch.cuda.device_count(), mps_available, gpu_ids))
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (from /proc/cpuinfo on Linux), else what the platform says:
+    what benchmark results and rehearsal records name the machine by."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

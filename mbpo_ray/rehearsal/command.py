@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional
 import yaml
 
 from mbpo_ray.cluster_files import LEARNER_RESOURCE, WORKER_RESOURCE, NodeKind, node_kinds
-from mbpo_ray.devices import LOGICAL_GPUS_VARIABLE
+from mbpo_ray.devices import LOGICAL_GPUS_VARIABLE, cpu_model
 from mbpo_ray.rehearsal.fake_cluster import HEAD_NODE_ID
 from mbpo_ray.errors import ConfigError
 
@@ -87,16 +86,6 @@ class Rehearsal:
                 "passed": all(s.ok for s in self.steps),
                 "steps": [{"name": s.name, "ok": s.ok, "seconds": round(s.seconds, 1), "detail": s.detail}
                           for s in self.steps]}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- reading the cluster file ---------------------------------------------------------------------

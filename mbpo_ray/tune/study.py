@@ -18,13 +18,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
 from mbpo_ray.config import ALGOS, TrainConfig, check_env_id, field_names, make_config, set_field
 from mbpo_ray.config.validate import SEED_LIMIT
 from mbpo_ray.errors import ConfigError
+from mbpo_ray.runtime.ray.capacity import total  # noqa: F401  (a trial's resources: the sweep and tests use it from here)
 from mbpo_ray.seeds import GROUP_ALGOS, MAX_SEEDS, check_group_config, format_seeds
 from mbpo_ray.wandb_log import WANDB_MODES, WandbOptions
 
@@ -649,14 +650,6 @@ def trial_bundles(cfg: TrainConfig, gpus_per_trial: float) -> List[Dict[str, flo
     if gpus_per_trial > 0:
         bundle["GPU"] = float(gpus_per_trial)
     return [bundle]
-
-
-def total(bundles: Iterable[Dict[str, float]]) -> Dict[str, float]:
-    out: Dict[str, float] = {}
-    for bundle in bundles:
-        for name, amount in bundle.items():
-            out[name] = out.get(name, 0.0) + amount
-    return out
 
 
 @dataclass

@@ -90,7 +90,7 @@ class Capacity:
     def fits_now(self, bundles: Iterable[Dict[str, float]]) -> bool:
         bundles = list(bundles)
         have = self.now()
-        need = _sum(bundles)
+        need = total(bundles)
         return all(v <= have.get(k, 0.0) + 1e-9 for k, v in need.items()) and \
             all(self.node_fits(b, ever=False) for b in bundles)
 
@@ -103,7 +103,8 @@ class Capacity:
         return f"an autoscaler with the node types {shown} ({self.source})"
 
 
-def _sum(bundles: Iterable[Dict[str, float]]) -> Dict[str, float]:
+def total(bundles: Iterable[Dict[str, float]]) -> Dict[str, float]:
+    """Each resource summed over ``bundles`` (a placement group's, or an actor group's)."""
     out: Dict[str, float] = {}
     for bundle in bundles:
         for name, amount in bundle.items():
