@@ -81,6 +81,7 @@ def test_a_bad_cluster_file_is_a_one_line_error(tmp_path, capsys, text, words):
 
 def test_a_taken_gcs_port_is_named_before_anything_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(fake_cluster, "_port_free", lambda port: port != fake_cluster.GCS_PORT)
+    monkeypatch.setattr(fake_cluster, "PORT_WAIT_S", 0.0)
     out = io.StringIO()
     assert rehearse(str(REPO / "cluster" / "aws.yaml"), out=str(tmp_path / "r"), stream=out, kill=False) == 1
     assert "step 'head' failed: port 6379 is taken" in out.getvalue()

@@ -198,7 +198,7 @@ def node_kind_of(resources: Dict[str, float], kinds: List[NodeKind]) -> str:
 
 def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str = "local",
              out: Optional[str] = None, record_path: Optional[str] = None, kill: bool = True,
-             timeout_s: float = 1500.0, dashboard_port: int = 8265, stream=None) -> int:
+             timeout_s: float = 600.0, dashboard_port: int = 8265, stream=None) -> int:
     """The rehearsal (the module docstring); 0 when every step passed, 1 when one failed."""
     from mbpo_ray.rehearsal.fake_cluster import FakeCluster, kill_node, rehearsed_types
     from mbpo_ray.rehearsal.local_s3 import LocalS3
@@ -400,12 +400,18 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
                                 f"may start another node (max_workers)")
                 detail = f"{', '.join(hit)} failed with its node and went on from its checkpoint on another node"
             else:
-                restarted = {t: r[-1].get("perf/actor_restarts", 0) for t, r in results.items()}
-                if not any(restarted.values()):
-                    runner.fail("resumed elsewhere", start, f"no trial recreated its lost actors ({restarted}); "
-                                f"check ray.max_actor_restarts and that the worker type may start another node")
-                detail = (f"{', '.join(t for t, n in restarted.items() if n)} recreated its lost actors on "
-                          f"another node and finished")
+                # the trial's collectors and rollout workers were lost: the trial recreates them
+                # (perf/actor_restarts), or, when its group cannot be restored in place, it fails
+                # and Tune restarts it from its checkpoint
+                restarted = [t for t, r in results.items() if r[-1].get("perf/actor_restarts", 0) > 0]
+                failed = [t for t in results if _failed_once(state["out"], s3, folder / "downloaded", t)]
+                if not restarted and not failed:
+                    runner.fail("resumed elsewhere", start, "no trial recreated its lost actors or restarted from its "
+                                "checkpoint; check ray.max_actor_restarts, max_failures and that the worker type "
+                                "may start another node")
+                detail = (f"{', '.join(restarted)} recreated its lost actors on another node and finished"
+                          if restarted else f"{', '.join(failed)} failed with its actors and went on from its "
+                          f"checkpoint")
             record.steps.append(Step("resumed elsewhere", True, time.monotonic() - start, detail))
             stream.write(f"  ok   resumed elsewhere: {detail}\n")
         runner.step("results", lambda: _check_results(results, budget, state["out"], s3, folder))
@@ -550,8 +556,8 @@ def add_cluster_arguments(parser) -> None:
     rehearse_parser.add_argument("--out", metavar="DIR", help="the rehearsal's folder (default: a new temporary one)")
     rehearse_parser.add_argument("--record", metavar="FILE.json", help="write the steps and their times as JSON")
     rehearse_parser.add_argument("--no-kill", action="store_true", help="do not kill a node mid-study")
-    rehearse_parser.add_argument("--timeout", type=float, default=1500.0, metavar="S",
-                                 help="seconds the job may take (default 1500)")
+    rehearse_parser.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                                 help="seconds the job may take (default 600)")
     rehearse_parser.add_argument("--dashboard-port", type=int, default=8265, metavar="P",
                                  help="the head's dashboard and Jobs API port (default 8265)")
 

@@ -9,7 +9,7 @@ changes in a cluster file, and why:
 
 - node counts: each worker type at most ``MAX_NODES_PER_TYPE`` (a 2-core machine), at least
   its ``min_workers``; every type still starts from zero when the file says so. The autoscaler
-  may start one more (``SPARE_NODES``) to replace a node the rehearsal kills: the fake provider
+  may start ``SPARE_NODES`` more, to replace a node the rehearsal kills: the fake provider
   never learns that a killed node is gone (a cloud's does) and goes on counting it;
 - the head type is named ``ray.head.default`` (the fake provider's name for it) and the worker
   types keep their names;
@@ -37,10 +37,11 @@ from mbpo_ray.errors import ConfigError
 HEAD_TYPE = "ray.head.default"
 HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider gives the head this Ray node id
 # CPUs of a node type that states none (Ray would count the machine's cores): a modest machine
-UNSTATED_CPUS = 4.0
+UNSTATED_CPUS = 8.0
 GCS_PORT = 6379
+PORT_WAIT_S = 20.0  # how long a start waits for the ports of a Ray that has just stopped
 MAX_NODES_PER_TYPE = 2
-SPARE_NODES = 1
+SPARE_NODES = 2
 OBJECT_STORE_MB = 150
 NODE_ID_VARIABLE = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"
 NODE_TYPE_VARIABLE = "RAY_NODE_TYPE_NAME"
@@ -146,6 +147,9 @@ class FakeCluster:
         self.stop()
 
     def start(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + PORT_WAIT_S
+        while not (_port_free(GCS_PORT) and _port_free(self.dashboard_port)) and time.monotonic() < deadline:
+            time.sleep(0.5)
         if not _port_free(GCS_PORT):
             raise ConfigError(f"port {GCS_PORT} is taken (another Ray cluster on this machine?): the rehearsal's "
                               f"head needs it; stop that cluster (ray stop) and rehearse again")
