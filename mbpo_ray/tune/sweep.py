@@ -10,8 +10,9 @@ The study folder (``--out``, else ``storage/name``)::
     STUDY/tune/             Tune's experiment: its state, each trial's results and its last
                             checkpoints (Tune restores from these)
 
-With an ``s3://`` or ``gs://`` storage the run directories are the trials' working
-directories, uploaded by Tune into ``STUDY/tune/<trial>/`` (docs/sweeps.md, "Storage").
+With an ``s3://`` or ``gs://`` storage the run directories, less their checkpoints, reach
+``STUDY/tune/<trial>/`` as Tune's artifacts and their checkpoints as Tune checkpoints there
+(mbpo_ray/tune/trainable.py; docs/sweeps.md, "Storage").
 """
 from __future__ import annotations
 

@@ -312,11 +312,20 @@ def trial_class(function):
 
 def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     """The function trainable. ``settings`` (the same for every trial of a study): ``runs_dir``
-    (the study's ``runs/`` folder, or None when the storage is a URI and the trial's folder is
-    its working directory, uploaded by Tune), ``study``, ``study_id``, ``wandb``
+    (the study's ``runs/`` folder, or None when the storage is a URI: the trial's folder is then
+    a scratch folder mirrored into Tune's working directory), ``study``, ``study_id``, ``wandb``
     (``WandbOptions.to_plain()``), ``cells`` (each cell's ``Cell.to_plain()`` by name: a
     trial's config holds its cell's name and its search values). A cell of packed seeds runs
     them as a seed group (``mbpo_ray.seed_group.train_group``)."""
+    # set at once: the trainable's stop waits on it, whichever way this function returns
+    TrialProcess.stopping, TrialProcess.done = False, threading.Event()
+    try:
+        _run_trial(config, settings)
+    finally:
+        TrialProcess.done.set()
+
+
+def _run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     cell, search = settings["cells"][config["cell"]], dict(config.get("search") or {})
     cfg = trial_config(cell, search)
     name = tune.get_context().get_trial_name()
@@ -360,7 +369,6 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
                      **{f"search/{k}": v for k, v in search.items()}}
             loggers[seed].append(WandbLogger(options, run_name, stable_run_id(settings["study_id"], run_name), extra))
     resume = states is not None
-    TrialProcess.stopping, TrialProcess.done = False, threading.Event()
     try:
         if len(trial.seeds) == 1:
             seed = trial.seeds[0]
@@ -373,4 +381,3 @@ def run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     finally:
         if mirror is not None:  # the curve and W&B's last files; Tune uploads them as the trial ends
             mirror.sync()
-        TrialProcess.done.set()
