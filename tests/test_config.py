@@ -145,6 +145,8 @@ BAD = [
     ({"env_id": 3}, "env_id", "string"),
     ({"label": "k 1"}, "label", "letters, digits"),
     ({"label": ""}, "label", "letters, digits"),
+    # MBPO's first fit would run on an empty D_env (it crashed in torch's sampler before)
+    ({"mbpo.init_random_steps": 0}, "mbpo.init_random_steps", "at least 1 for algo mbpo"),
 ]
 
 
@@ -179,6 +181,9 @@ def test_edge_values_are_accepted():
     assert cfg.mbpo.rollout_schedule == (0, 1, 2, 2)
     assert make_config("Hopper-v5", {"mbpo.real_ratio": 1}).mbpo.real_ratio == 1.0
     assert make_config("Hopper-v5", {"seed": 2**32 - 1}).seed == 2**32 - 1
+    # no warm-up is fine where nothing is fitted before data arrives
+    for overrides in ({"algo": "sac"}, {"algo": "pets"}, {"algo": "steve"}, {"mbpo.real_ratio": 1}):
+        assert make_config("Hopper-v5", {"mbpo.init_random_steps": 0, **overrides}).mbpo.init_random_steps == 0
 
 
 @pytest.mark.parametrize("overrides", [

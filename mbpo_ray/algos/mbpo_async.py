@@ -5,13 +5,17 @@ The same quantities as the step-by-step loop (``mbpo_loop``), decoupled in time:
   * collectors step in chunks of ``ray.collector_chunk`` env steps, each with the newest
     policy the learner has published when the chunk starts;
   * once ``mbpo.model_train_freq`` more env steps have arrived, the model is refit (in the
-    background) and, as soon as that fit is published, rollouts of length k(epoch) are
-    branched from real states into D_model;
+    background);
+  * rollouts of length k(epoch) are branched from real states into D_model at the step-by-step
+    loop's rollout points (every ``mbpo.rollout_freq`` env steps after the warm-up), with the
+    newest published model: a point passed while a fit or earlier rollouts run is made up when
+    they end, so a run makes as many model transitions as the step-by-step loop;
   * the learner runs SAC updates in chunks of ``ray.learner_chunk``. The rate limiter is
     cumulative: the learner may start a chunk while its total updates stay at most
-    ``max_updates_per_step`` x env steps since the warm-up, and, once D_env holds
-    ``mbpo.min_real_before_updates`` transitions, the collectors are held back while the total
-    falls below ``min_updates_per_step`` x env steps, less one chunk per collector of slack.
+    ``max_updates_per_step`` x env steps since updates began (the step-by-step loop's first
+    update step: after the warm-up, once D_env holds ``mbpo.min_real_before_updates``
+    transitions), and, once D_env holds that many, the collectors are held back while the total
+    falls below ``min_updates_per_step`` x those env steps, less one chunk per collector of slack.
 At each epoch boundary the record is written as in the step-by-step loop, with the achieved
 update ratio (this epoch's and the run's) under perf/.
 """
@@ -34,6 +38,11 @@ class AsyncMBPOLoop(MBPOLoop):
         sched = self.state.schedule
         sched.setdefault("updates", 0)
         sched.setdefault("next_fit_at", b.init_random_steps)
+        sched.setdefault("next_rollout_at", self.first_rollout_point(self.state.env_steps))
+        sched.setdefault("model_published", bool(self.state.model_metrics))
+        # the step-by-step loop updates after env step t once t > init_random_steps and D_env
+        # holds min_real_before_updates rows (t rows): its updates so far are G x (t - this)
+        self.updates_from = max(b.init_random_steps, b.min_real_before_updates - 1)
         self.jobs: List[Job] = []                 # started, not yet waited for
         self.launched_steps = self.state.env_steps  # env steps handed to collectors so far
         self.idle_collectors = set(range(runtime.num_collectors))
@@ -45,20 +54,44 @@ class AsyncMBPOLoop(MBPOLoop):
     def busy(self, kind: str) -> bool:
         return any(job.kind == kind for job in self.jobs)
 
-    def since_warmup(self, steps: int) -> int:
-        return max(0, steps - self.cfg.mbpo.init_random_steps)
+    def steps_with_updates(self, steps: int) -> int:
+        """Env steps after which the step-by-step loop would have made updates."""
+        return max(0, steps - self.updates_from)
+
+    def first_rollout_point(self, steps: int) -> int:
+        """The first of the step-by-step loop's rollout points at or after ``steps``."""
+        start, every = self.cfg.mbpo.init_random_steps, self.rollout_freq
+        return start if steps <= start else start + -(-(steps - start) // every) * every
+
+    def start_due_rollouts(self) -> None:
+        """Rollouts for every rollout point passed (before the run's last step), with the newest
+        published model, unless a fit or rollouts are running (they come back here when done)."""
+        sched, steps = self.state.schedule, self.state.env_steps
+        if not self.uses_model or not sched["model_published"] or self.busy("fit") or self.busy("rollout"):
+            return
+        points = 0
+        while sched["next_rollout_at"] <= steps and sched["next_rollout_at"] < self.cfg.total_steps:
+            sched["next_rollout_at"] += self.rollout_freq
+            points += 1
+        if points:
+            k = self.rollout_length()
+            self.rollout_parts = []
+            self.jobs.extend(self.runtime.start_rollouts(points * self.start_states_per_rollout, k,
+                                                         self.model_buffer_capacity(k)))
 
     # --- what may start now ---
     def launch(self) -> None:
         cfg, b, rt, st, sched = self.cfg, self.cfg.mbpo, self.runtime, self.state, self.state.schedule
-        # a model refit once its env steps have arrived (rollouts follow when it is published)
+        # a model refit once its env steps have arrived (the step-by-step loop's last fit comes
+        # before its last env step), and rollouts at the rollout points passed
         if self.uses_model and not self.busy("fit") and not self.busy("rollout") \
-                and st.env_steps >= sched["next_fit_at"]:
+                and sched["next_fit_at"] <= st.env_steps and sched["next_fit_at"] < cfg.total_steps:
             while sched["next_fit_at"] <= st.env_steps:
                 sched["next_fit_at"] += b.model_train_freq
             self.jobs.append(rt.start_fit())
+        self.start_due_rollouts()
         # SAC updates, up to the upper bound of the rate limiter
-        owed = int(self.max_ratio * self.since_warmup(st.env_steps)) - sched["updates"]
+        owed = int(self.max_ratio * self.steps_with_updates(st.env_steps)) - sched["updates"]
         if (not self.busy("update") and owed >= 1 and st.env_steps > b.init_random_steps
                 and rt.real_size() >= b.min_real_before_updates):
             self.jobs.append(rt.start_update(min(cfg.ray.learner_chunk, owed), b.real_ratio))
@@ -69,7 +102,7 @@ class AsyncMBPOLoop(MBPOLoop):
         learner_ready = rt.real_size() >= b.min_real_before_updates
         for index in sorted(self.idle_collectors, key=lambda i: self.last_launch.get(i, -1)):
             remaining = cfg.total_steps - self.launched_steps
-            behind = self.min_ratio * self.since_warmup(self.launched_steps) - sched["updates"]
+            behind = self.min_ratio * self.steps_with_updates(self.launched_steps) - sched["updates"]
             if remaining <= 0 or (learner_ready and behind > slack):
                 break
             n = min(cfg.ray.collector_chunk, remaining)
@@ -94,13 +127,13 @@ class AsyncMBPOLoop(MBPOLoop):
             st.schedule["updates"] += out["updates"]
         elif job.kind == "fit":
             st.model_metrics = out
-            k = self.rollout_length()
-            self.rollout_parts = []
-            self.jobs.extend(rt.start_rollouts(self.start_states_per_rollout, k, self.model_buffer_capacity(k)))
+            st.schedule["model_published"] = True
+            self.start_due_rollouts()
         elif job.kind == "rollout":
             self.rollout_parts.append(out)
             if not self.busy("rollout"):
                 st.rollout_metrics = rt.merge_rollout_metrics(self.rollout_parts)
+                self.start_due_rollouts()
 
     def drain(self) -> None:
         """Wait for everything in flight (before a checkpoint or the end of the run); a fit
@@ -128,7 +161,7 @@ class AsyncMBPOLoop(MBPOLoop):
         """At the end of the run: let the learner reach the lower bound of the ratio."""
         self.drain()
         b, sched = self.cfg.mbpo, self.state.schedule
-        while int(self.min_ratio * self.since_warmup(self.state.env_steps)) > sched["updates"] \
+        while int(self.min_ratio * self.steps_with_updates(self.state.env_steps)) > sched["updates"] \
                 and self.runtime.real_size() >= b.min_real_before_updates:
             self.launch()
             if not self.jobs:
@@ -139,10 +172,10 @@ class AsyncMBPOLoop(MBPOLoop):
         sched, st = self.state.schedule, self.state
         updates0, steps0 = self.epoch_updates_start
         record = super().end_epoch()
-        steps = self.since_warmup(st.env_steps) - self.since_warmup(steps0)
+        steps = self.steps_with_updates(st.env_steps) - self.steps_with_updates(steps0)
         if steps > 0:
             record["perf/updates_per_env_step"] = (sched["updates"] - updates0) / steps
-        record["perf/updates_per_env_step_total"] = sched["updates"] / max(1, self.since_warmup(st.env_steps))
+        record["perf/updates_per_env_step_total"] = sched["updates"] / max(1, self.steps_with_updates(st.env_steps))
         record["perf/driver_wait_seconds"] = self.epoch_wait_seconds
         self.epoch_updates_start = (sched["updates"], st.env_steps)
         self.epoch_wait_seconds = 0.0

@@ -28,6 +28,7 @@ def validate(cfg: TrainConfig) -> None:
     _check_model(cfg.model)
     _check_sac(cfg.sac)
     _check_mbpo(cfg.mbpo)
+    _check_warmup(cfg)
     _check_ray(cfg)
     _check_pets(cfg.pets)
     _check_steve(cfg)
@@ -156,6 +157,15 @@ def _check_mbpo(b: MBPOConfig) -> None:
             "limit, within [500, 5000])")
     require(b.min_real_before_updates >= 1, "mbpo.min_real_before_updates",
             b.min_real_before_updates, "at least 1")
+
+
+def _check_warmup(cfg: TrainConfig) -> None:
+    # MBPO fits its model before its first env step after the warm-up: with no warm-up that fit
+    # would run on an empty D_env (PETS, STEVE and SAC collect before they fit or update).
+    b = cfg.mbpo
+    require(not (cfg.algo == "mbpo" and b.real_ratio < 1 and b.init_random_steps == 0), "mbpo.init_random_steps",
+            b.init_random_steps, "at least 1 for algo mbpo with mbpo.real_ratio < 1 (its first model fit "
+            "needs real transitions), or null")
 
 
 def _check_ray(cfg: TrainConfig) -> None:
