@@ -459,3 +459,18 @@ def test_citation_check_finds_outside_documents(tmp_path):
     (tmp_path / "docs" / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     found = citations_of_outside_docs(tmp_path)
     assert [f.split(": ")[0] for f in found] == ["mbpo_ray/x.py:2", "README.md:1"]
+
+
+def test_the_torch_floor_is_the_version_ci_tests():
+    # The package may be installed with any torch its requirement allows (a GPU cluster's CUDA
+    # build); the code uses APIs of the version CI tests (torch.cuda.is_bf16_supported's
+    # including_emulation, for one), so the floor is that version.
+    import configparser
+    import re
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    (floor,) = re.findall(r"^torch>=([\d.]+)$", setup["options"]["install_requires"], re.M)
+    (pinned,) = re.findall(r"^torch==([\d.]+)$", (REPO / "constraints-cpu.txt").read_text(), re.M)
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))[:2]
+    assert as_tuple(floor) == as_tuple(pinned), (floor, pinned)

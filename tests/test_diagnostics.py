@@ -119,6 +119,17 @@ def test_live_metrics_draw_no_random_numbers():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_elite_mse_runs_the_ensemble_without_autograd():
+    model = ProbabilisticEnsemble(3, 2, ModelConfig(num_members=4, num_elites=2, hidden_width=16,
+                                                    num_hidden_layers=2, weight_decays=(1e-4,) * 3))
+    obs, act = torch.randn(20, 3), torch.rand(20, 2) * 2 - 1
+    rows = RowLayout(3, 2).pack(obs, act, torch.randn(20), obs + 0.1, torch.zeros(20))
+    grad_enabled = []
+    model.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    elite_mse(model, rows, RowLayout(3, 2))
+    assert grad_enabled == [False]
+
+
 def test_gaussian_kl_matches_torch_distributions():
     torch.manual_seed(1)
     mp, mq, sp, sq = torch.randn(4, 6, 3).unbind(0)

@@ -66,6 +66,21 @@ class StackedFit:
         # the normaliser (the elites are not used by the loss or the MSE)
         self.buffer_names = [n for n, b in template.model.named_buffers() if b.is_floating_point()]
         self._calls = _Calls(template)
+        # The stack of all seeds is kept between fits and loaded in place at each fit's start, so
+        # that its step's graph (model.cuda_graph) is captured once for the run; a stack of the
+        # seeds left after some stopped is a new one, with a graph of its own.
+        self._full: Optional[_Stack] = None
+        self._full_graph: Optional[GraphedStep] = None
+        self._other_captures = 0
+
+    @property
+    def captures(self) -> int:
+        """How many times a step was captured (model.cuda_graph): once for the stack of all seeds,
+        plus once for each stack of the seeds left after some stopped."""
+        return self._other_captures + (self._full_graph.captures if self._full_graph is not None else 0)
+
+    def _graph(self, stack: "_Stack") -> Optional[GraphedStep]:
+        return GraphedStep(partial(self._step, stack), stack.tensors) if self.cuda_graph else None
 
     def _call(self, what: str, stack: "_Stack", inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         tensors = {f"model.{n}": t for table in (stack.params, stack.buffers) for n, t in table.items()}
@@ -86,11 +101,13 @@ class StackedFit:
         for trainer, (inputs, targets), stream in zip(trainers, data, streams):
             with stream():
                 runs.append(trainer.begin(inputs, targets))
-        stack = _Stack(self, trainers)
-        # model.cuda_graph: each full batch's step replayed from a graph of this stack (captured
-        # anew when seeds leave it: its tensors are new ones then)
-        eager = partial(self._step, stack)
-        graphed = GraphedStep(eager, stack.tensors) if self.cuda_graph else None
+        if self._full is None:
+            self._full = _Stack(self, trainers)
+            self._full_graph = self._graph(self._full)
+        else:
+            self._full.load(trainers)
+        # model.cuda_graph: each full batch's step replayed from a graph of the stack
+        stack, graphed = self._full, self._full_graph
         finals: Dict[int, Tuple[Dict[str, torch.Tensor], Dict[str, Tuple]]] = {}
         active = list(range(len(trainers)))  # seeds still fitting: the stack's rows, in order
         device = runs[0].train_in.device
@@ -105,7 +122,7 @@ class StackedFit:
                 inputs = torch.stack([runs[i].train_in[runs[i].batch(o, b)] for i, o in zip(active, orders)])
                 targets = torch.stack([runs[i].train_tg[runs[i].batch(o, b)] for i, o in zip(active, orders)])
                 full = inputs.shape[2] == self.batch_size
-                step = graphed if graphed is not None and full else eager
+                step = graphed if graphed is not None and full else partial(self._step, stack)
                 loss_sum += step(inputs, targets)
             train_loss = (loss_sum / num_batches).tolist()
             num_members = runs[0].num_members  # each seed's holdout [N, in], the same for all its members
@@ -118,10 +135,14 @@ class StackedFit:
                     finals[i] = stack.take(row)
                     stopped.append(row)
             if stopped:
-                stack.drop(stopped)
-                if graphed is not None:
-                    graphed.reset()
                 active = [i for row, i in enumerate(active) if row not in stopped]
+                if active:
+                    if graphed is not None and graphed is not self._full_graph:
+                        self._other_captures += graphed.captures
+                    stack = stack.without(stopped)
+                    graphed = self._graph(stack)
+        if graphed is not None and graphed is not self._full_graph:
+            self._other_captures += graphed.captures
         for i, trainer in enumerate(trainers):
             _write_back(trainer, self.names, *finals[i])
         return [trainer.finish(run) for trainer, run in zip(trainers, runs)]
@@ -141,27 +162,46 @@ class _Stack:
     [S, E, ...]; a tensor that the members share (the log-variance bounds, the normaliser) [d]
     becomes [S, 1, 1, d], so that it broadcasts over the members and the batch of its seed."""
 
-    def __init__(self, fit: StackedFit, trainers: Sequence[EnsembleTrainer]):
+    def __init__(self, fit: StackedFit, trainers: Optional[Sequence[EnsembleTrainer]]):
         self.fit = fit
+        if trainers is None:  # filled in by ``without``
+            return
+        self.shapes, self.params, self.buffers, self.exp_avg, self.exp_avg_sq, self.step = self._values(trainers)
+        for p in self.params.values():
+            p.requires_grad_()
+
+    def _values(self, trainers: Sequence[EnsembleTrainer]):
+        fit = self.fit
         models = [t.model for t in trainers]
         tables = [dict(m.named_parameters()) for m in models]
         buffer_tables = [dict(m.named_buffers()) for m in models]
-        self.shapes = {n: tuple(tables[0][n].shape) for n in fit.names}
-        self.params = {n: self._stack([t[n] for t in tables], n in fit.member_names).requires_grad_()
-                       for n in fit.names}
-        self.buffers = {n: self._stack([t[n] for t in buffer_tables], False) for n in fit.buffer_names}
-        self.exp_avg, self.exp_avg_sq = {}, {}
+        shapes = {n: tuple(tables[0][n].shape) for n in fit.names}
+        params = {n: self._stack([t[n] for t in tables], n in fit.member_names) for n in fit.names}
+        buffers = {n: self._stack([t[n] for t in buffer_tables], False) for n in fit.buffer_names}
+        exp_avg, exp_avg_sq = {}, {}
         steps = []
         for trainer, table in zip(trainers, tables):
             first = trainer.optimizer.state.get(table[fit.names[0]])
             steps.append(float(first["step"]) if first else 0.0)
         for n in fit.names:
             states = [t.optimizer.state.get(table[n]) for t, table in zip(trainers, tables)]
-            for key, out in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+            for key, out in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
                 out[n] = self._stack([s[key] if s else torch.zeros_like(table[n]) for s, table in zip(states, tables)],
                                      n in fit.member_names)
-        device = self.params[fit.names[0]].device
-        self.step = torch.tensor(steps, dtype=torch.float64, device=device)  # each seed's Adam steps
+        device = params[fit.names[0]].device
+        step = torch.tensor(steps, dtype=torch.float64, device=device)  # each seed's Adam steps
+        return shapes, params, buffers, exp_avg, exp_avg_sq, step
+
+    def load(self, trainers: Sequence[EnsembleTrainer]) -> None:
+        """The trainers' current weights, normaliser and Adam state, written into this stack's
+        own tensors (a graph of its step stays valid)."""
+        _, params, buffers, exp_avg, exp_avg_sq, step = self._values(trainers)
+        with torch.no_grad():
+            for mine, theirs in ((self.params, params), (self.buffers, buffers), (self.exp_avg, exp_avg),
+                                 (self.exp_avg_sq, exp_avg_sq)):
+                for n, t in theirs.items():
+                    mine[n].copy_(t)
+            self.step.copy_(step)
 
     @staticmethod
     def _stack(tensors: List[torch.Tensor], per_member: bool) -> torch.Tensor:
@@ -198,26 +238,31 @@ class _Stack:
                     self.exp_avg_sq[n][row].reshape(self.shapes[n]).clone()) for n in self.params}
         return params, adam
 
-    def drop(self, rows: List[int]) -> None:
+    def without(self, rows: List[int]) -> "_Stack":
+        """A new stack of the other rows (copies; this one is left as it is)."""
         keep = [r for r in range(self.step.shape[0]) if r not in rows]
-        if not keep:
-            return
         index = torch.tensor(keep, device=self.step.device)
+        out = _Stack(self.fit, None)
+        out.shapes = self.shapes
         with torch.no_grad():
-            for table in (self.params, self.buffers, self.exp_avg, self.exp_avg_sq):
-                for n in table:
-                    table[n] = table[n].index_select(0, index)
-        for n in self.params:
-            self.params[n].requires_grad_()
-        self.step = self.step.index_select(0, index)
+            out.params, out.buffers, out.exp_avg, out.exp_avg_sq = (
+                {n: t.index_select(0, index) for n, t in table.items()}
+                for table in (self.params, self.buffers, self.exp_avg, self.exp_avg_sq))
+        for p in out.params.values():
+            p.requires_grad_()
+        out.step = self.step.index_select(0, index)
+        return out
 
 
 def _write_back(trainer: EnsembleTrainer, names: List[str], params: Dict[str, torch.Tensor],
                 adam: Dict[str, Tuple]) -> None:
     """A seed's weights and Adam state at the epoch it stopped, into its own model and optimiser
-    (the state a single fit leaves, so that its checkpoint is a single run's)."""
+    (the state a single fit leaves, so that its checkpoint is a single run's). Written into the
+    tensors the trainer has, so that a graph of its own step (model.cuda_graph) stays valid; an
+    optimiser state it did not have yet is created, and its graph is captured anew."""
     named = dict(trainer.model.named_parameters())
     fused = bool(trainer.optimizer.defaults.get("fused"))
+    created = False
     with torch.no_grad():
         for n in names:
             p = named[n]
@@ -225,7 +270,12 @@ def _write_back(trainer: EnsembleTrainer, names: List[str], params: Dict[str, to
             step, exp_avg, exp_avg_sq = adam[n]
             old = trainer.optimizer.state.get(p)
             if old:
-                step_t = torch.full_like(old["step"], step)
+                old["step"].fill_(step)
+                old["exp_avg"].copy_(exp_avg)
+                old["exp_avg_sq"].copy_(exp_avg_sq)
             else:  # as torch.optim.Adam initialises it: on the device when fused, else on the host
                 step_t = torch.tensor(step, dtype=torch.float32, device=p.device if fused else "cpu")
-            trainer.optimizer.state[p] = {"step": step_t, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+                trainer.optimizer.state[p] = {"step": step_t, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+                created = True
+    if created:
+        trainer.state_replaced()

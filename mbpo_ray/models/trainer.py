@@ -199,5 +199,10 @@ class EnsembleTrainer:
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
+        self.state_replaced()
+
+    def state_replaced(self) -> None:
+        """The optimiser's state tensors were replaced by new ones (not written into): a graph of
+        the step (model.cuda_graph) is captured anew at the next step."""
         if self._graphed is not None:
-            self._graphed.reset()  # the optimiser's state tensors are new ones
+            self._graphed.reset()
