@@ -3,6 +3,10 @@ absent device is an error naming what is there, and a GPU that Ray assigns to an
 device that actor uses (simulated with Ray's resource accounting: no GPU needed)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -95,36 +99,47 @@ def test_resolve_device_absent_cuda_names_what_is_there():
 
 def test_ray_assigned_gpu_is_the_actor_device():
     """Ray's resource accounting on a CPU machine: a cluster that claims one GPU assigns it to
-    the actor that asks for it (and sets CUDA_VISIBLE_DEVICES), none to the actor that does not."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray is already running in this process")
+    the actor that asks for it (and sets CUDA_VISIBLE_DEVICES), none to the actor that does not.
+    Its own Ray instance, in a process of its own (whatever Ray session this one holds)."""
+    pytest.importorskip("ray")
+    result = subprocess.run([sys.executable, "-c", RAY_PROBE], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with_gpu, without = json.loads(result.stdout.strip().splitlines()[-1])
+    ids, chosen, real = with_gpu
+    assert len(ids) == 1 and chosen == "cuda:0"
+    if torch.cuda.is_available():
+        assert real == "cuda:0"
+    else:
+        assert "Ray assigned GPU(s)" in real and "torch sees no CUDA device" in real
+    assert without == [[], "cpu", "cpu"]
 
-    class Probe:  # pickled by value: it imports what it needs inside the actor
-        def device(self, cuda_count):
-            import ray
 
-            from mbpo_ray.devices import choose_device, resolve_device
-            from mbpo_ray.errors import ConfigError
+RAY_PROBE = """
+import json
+import ray
 
-            ids = ray.get_gpu_ids()
-            try:
-                real = str(resolve_device("auto", ids))
-            except ConfigError as exc:
-                real = str(exc)
-            # cuda_count simulates what torch would see once CUDA_VISIBLE_DEVICES holds the ids
-            return ids, choose_device("auto", cuda_count, False, ids), real
 
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        with_gpu = ray.remote(num_cpus=1, num_gpus=1)(Probe).remote()
-        without = ray.remote(num_cpus=1, num_gpus=0)(Probe).remote()
-        ids, chosen, real = ray.get(with_gpu.device.remote(1))
-        assert len(ids) == 1 and chosen == "cuda:0"
-        if torch.cuda.is_available():
-            assert real == "cuda:0"
-        else:
-            assert "Ray assigned GPU(s)" in real and "torch sees no CUDA device" in real
-        assert ray.get(without.device.remote(0)) == ([], "cpu", "cpu")
-    finally:
-        ray.shutdown()
+class Probe:
+    def device(self, cuda_count):
+        import ray
+
+        from mbpo_ray.devices import choose_device, resolve_device
+        from mbpo_ray.errors import ConfigError
+
+        ids = ray.get_gpu_ids()
+        try:
+            real = str(resolve_device("auto", ids))
+        except ConfigError as exc:
+            real = str(exc)
+        # cuda_count simulates what torch would see once CUDA_VISIBLE_DEVICES holds the ids
+        return ids, choose_device("auto", cuda_count, False, ids), real
+
+
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    with_gpu = ray.remote(num_cpus=1, num_gpus=1)(Probe).remote()
+    without = ray.remote(num_cpus=1, num_gpus=0)(Probe).remote()
+    print(json.dumps([ray.get(with_gpu.device.remote(1)), ray.get(without.device.remote(0))]))
+finally:
+    ray.shutdown()
+"""

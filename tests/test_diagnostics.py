@@ -93,12 +93,12 @@ def test_training_logs_the_live_metrics(run_dir):
     assert "model/new_data_mse" not in fitted[0]
     assert all(r["model/new_data_mse"] > 0 for r in fitted[1:])
     for r in fitted:
-        assert 0 <= r["rollout/ended_terminated"] <= 1 and r["rollout/ended_nonfinite"] == 0
+        assert r["rollout/ended_nonfinite"] == 0
         assert r["rollout/start_disagreement"] > 0
         # each rollout ends at most once on a terminal transition: the same count two ways
         terminal = r["rollout/terminated_frac"] * r["rollout/transitions"]
         assert r["rollout/ended_terminated"] * r["rollout/start_states"] == pytest.approx(terminal)
-        assert r["rollout/policy_kl"] >= 0
+        assert r["rollout/policy_kl"] > 0  # the policy was updated since it acted
     # the warm-up epochs act at random: no policy steps, no KL
     assert all("rollout/policy_kl" not in r for r in records if r["env_steps"] <= WARMUP)
 
@@ -321,7 +321,7 @@ def test_flow_counts_follow_the_config(report):
 
 def test_shift_and_exploitation_numbers(report):
     s = numbers(report, "shift")
-    assert s["kl"][0] == 0 and all(k >= 0 for k in s["kl"])
+    assert s["kl"][0] == 0 and all(k > 0 for k in s["kl"][1:])  # later policies differ from the first
     assert [x["data"] for x in s["slopes"]] == [200, 400]
     e = numbers(report, "exploitation")
     # checkpoints after the warm-up only: 300 .. 600
@@ -332,7 +332,7 @@ def test_shift_and_exploitation_numbers(report):
 def test_bound_measured_on_the_run(report):
     m = numbers(report, "bound")["series"]["measured"]
     assert m["inputs"]["gamma"] == small_hopper().sac.discount
-    assert m["inputs"]["eps_pi"] >= 0 and m["inputs"]["r_max"] > 0
+    assert m["inputs"]["eps_pi"] > 0 and m["inputs"]["r_max"] > 0
     assert "shift.json" in m["sources"]["slope"]  # report runs shift before bound
 
 

@@ -63,8 +63,9 @@ def test_sync_schedule_matches_local_runtime(ray_config, tiny_config, tmp_path, 
         [r["rollout/model_buffer_size"] for r in local if "rollout/k" in r]
     last = remote[-1]
     for key in ("perf/collector_env_steps_per_s", "perf/learner_updates_per_s",
-                "perf/rollout_transitions_per_s_per_worker", "perf/collector_policy_lag"):
-        assert last[key] >= 0, key
+                "perf/rollout_transitions_per_s_per_worker"):
+        assert last[key] > 0, key  # the last epoch stepped, updated and branched rollouts
+    assert last["perf/collector_policy_lag"] == 0  # sync: the collector acts with the newest policy
     # sync: every step acts, and every rollout branches, with the newest policy and model
     fitted = [r for r in remote if "rollout/k" in r]
     for key in ("perf/collector_policy_lag_max", "perf/rollout_model_lag_max", "perf/rollout_policy_lag_max"):
@@ -166,7 +167,7 @@ def test_async_keeps_updates_per_env_step_within_bounds(ray_config, tmp_path, ra
         assert r["perf/updates_per_env_step"] <= 2.0 + 1e-9
     assert records[-1]["model/version"] >= 2 and records[-1]["rollout/transitions"] > 0
     lags = [r["perf/rollout_policy_lag_max"] for r in records if "perf/rollout_policy_lag_max" in r]
-    assert lags and all(lag >= 0 for lag in lags)  # async: a rollout may use an older policy
+    assert lags  # async: a rollout may use an older policy, and says how much older
 
 
 def test_resume_restores_buffer_actor(ray_config, tmp_path, ray_cluster, single_thread):

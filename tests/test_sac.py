@@ -191,3 +191,53 @@ def test_sac_learns_a_one_step_bandit():
         q = lambda a: sac.q(torch.cat([obs, torch.full((128, 1), a)], -1)).min(0).values
         assert (q(0.5) > q(0.0)).all() and (q(0.0) > q(-0.5)).all()
         assert (q(-0.5) + 1.0).abs().max() < 0.2  # true value -1
+
+
+def test_sac_losses_and_target_average_by_hand():
+    """The update's arithmetic against numbers computed here from the formulas (Haarnoja et al.
+    2018; docs/hyperparameters.md): networks whose outputs are constants (zero weights, chosen
+    biases), so every term is known: the TD target with done = 0 and 1, gamma, the entropy term
+    alpha log pi(a'|s') with the tanh correction, the min over the two target critics, and the
+    Polyak average of the target critics after the step."""
+    import math
+
+    gamma, tau, alpha, mean, log_std = 0.9, 0.25, 0.5, 0.3, -0.5
+    agent = make_sac(discount=gamma, tau=tau, init_log_alpha=math.log(alpha))
+    q_online, q_target = (1.0, 2.0), (4.0, 3.0)
+    with torch.no_grad():
+        for p in [*agent.policy.parameters(), *agent.q.parameters(), *agent.q_target.parameters()]:
+            p.zero_()
+        last = agent.policy.net[-1].bias
+        last[:ACT], last[ACT:] = mean, log_std
+        for net, values in ((agent.q, q_online), (agent.q_target, q_target)):
+            net.biases[-1][:, 0, 0] = torch.tensor(values)
+    obs, act = torch.randn(2, OBS), torch.rand(2, ACT) * 2 - 1
+    rew, done = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 1.0])
+    noise = torch.tensor([[[0.5, -1.0], [2.0, 0.1]], [[-0.3, 0.7], [1.2, -1.5]]])  # [2, B, A]
+
+    def log_pi(n):  # log N(u; mean, std) - log(1 - tanh(u)^2), per sample, summed over dims
+        total = 0.0
+        for z in n:
+            u = mean + math.exp(log_std) * z
+            total += -0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi) - math.log(1 - math.tanh(u) ** 2)
+        return total
+
+    next_q = min(q_target)
+    targets = [r + gamma * (1 - d) * (next_q - alpha * log_pi(n.tolist()))
+               for r, d, n in zip(rew.tolist(), done.tolist(), noise[0])]
+    assert targets[1] == -2.0  # done: the reward alone
+    q_loss = 0.5 * sum(sum((q - t) ** 2 for t in targets) / 2 for q in q_online)
+    logp = [log_pi(n.tolist()) for n in noise[1]]
+    policy_loss = sum(alpha * lp - min(q_online) for lp in logp) / 2
+    alpha_loss = -sum(math.log(alpha) * (lp - ACT) for lp in logp) / 2  # target entropy -|A|
+    expected = [q_loss, policy_loss, alpha_loss, alpha, -sum(logp) / 2, sum(q_online) / 2]
+    _, metrics = agent._losses(obs, act, rew, torch.randn(2, OBS), done, noise)
+    assert metrics.tolist() == pytest.approx(expected, rel=1e-5)
+    # a mistake in any one term moves the loss by far more than the tolerance
+    assert abs(q_loss - 0.5 * sum(sum((q - r) ** 2 for r in rew.tolist()) / 2 for q in q_online)) > 0.1
+    # after the step: target <- (1 - tau) target + tau online (the online critic just stepped)
+    agent._step(obs, act, rew, torch.randn(2, OBS), done, noise)
+    online_after = agent.q.biases[-1][:, 0, 0].detach()
+    assert not torch.equal(online_after, torch.tensor(q_online))
+    averaged = (1 - tau) * torch.tensor(q_target) + tau * online_after
+    assert torch.allclose(agent.q_target.biases[-1][:, 0, 0], averaged, atol=1e-6)

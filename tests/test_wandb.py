@@ -209,8 +209,7 @@ def test_disabled_logger_does_not_import_wandb(monkeypatch, tmp_path, tiny_confi
     run = RunDirectory(tmp_path)
     logger.start(run, tiny_config())
     logger.epoch({"env_steps": 1}, run.checkpoint_path)
-    logger.close()
-    assert sys.modules["wandb"] is None  # an import of wandb would have raised ImportError above
+    logger.close()  # an import of wandb anywhere above raises ImportError: the test fails
 
 
 def test_wandb_flags_need_wandb(tmp_path, capsys):
