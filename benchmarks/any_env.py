@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from mbpo_ray.run_dir import RunDirectory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
 
 RESULTS = Path(__file__).parent / "results" / "any_env"
 FINAL_WINDOW = 3  # evaluations averaged for the "final" return
@@ -121,7 +123,7 @@ def seed_summary(records: List[dict]) -> dict:
 
 
 def summary(panels: List[str]) -> dict:
-    out = {"machine": f"{platform.machine()} {platform.processor()}".strip(),
+    out = {**machine_stamp(),
            "final_window_evals": FINAL_WINDOW, "panels": {}}
     for env_id in panels:
         panel = {"steps": PANELS[env_id]["steps"], "variants": {}}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,9 @@ import numpy as np
 
 from mbpo_ray.config import ALGOS
 from mbpo_ray.run_dir import RunDirectory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
 
 RESULTS = Path(__file__).parent / "results" / "baselines"
 FINAL_WINDOW = 3  # evaluations averaged for the "final" return
@@ -86,7 +88,7 @@ def bootstrap_mean_interval(values: List[float], draws: int = 10_000, seed: int 
 
 
 def summary(env_id: str) -> dict:
-    out = {"env": env_id, "machine": f"{platform.machine()} {platform.processor()}".strip(),
+    out = {"env": env_id, **machine_stamp(),
            "final_window_evals": FINAL_WINDOW, "algorithms": {}}
     for algo, seeds in load_curves(env_id).items():
         per_seed = {}

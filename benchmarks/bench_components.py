@@ -13,8 +13,8 @@ Writes benchmarks/results/components_speed.json.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +24,9 @@ from mbpo_ray.algos.mbpo_loop import MBPOLoop
 from mbpo_ray.config import make_config
 from mbpo_ray.runtime.local import LocalRuntime
 from mbpo_ray.train import seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -106,7 +109,7 @@ def main():
     parser.add_argument("--out", default=str(RESULTS / "components_speed.json"))
     args = parser.parse_args()
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        **machine_stamp(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "preset": "Hopper-v5 (paper): 7 members x 4x200 SiLU, batch 256, G=20, 100k rollouts / 250 steps",
         "model_fit": bench_fit(args.fit_sizes),

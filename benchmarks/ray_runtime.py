@@ -18,8 +18,8 @@ cost if model fits, rollouts and collection were free). Written to results/ray/t
 from __future__ import annotations
 
 import argparse
+import sys
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +29,9 @@ import numpy as np
 from mbpo_ray.config import make_config
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
 
 RESULTS = Path(__file__).parent / "results" / "ray"
 LOCAL = Path(__file__).parent / "results" / "learning"
@@ -54,7 +57,7 @@ def plot_curves(env_id: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = {"env": env_id, "machine": f"{platform.machine()} {platform.processor()}".strip(), "runs": {}}
+    summary = {"env": env_id, **machine_stamp(), "runs": {}}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, root, style in (("local", LOCAL / env_id, "-"), ("ray sync", RESULTS / env_id / "sync", "--")):
         for seed_dir in sorted(root.glob("seed*")):
@@ -79,7 +82,7 @@ def plot_curves(env_id: str) -> dict:
 
 
 def timing(env_id: str, warmup: int, measure: int, seed: int, overrides: dict) -> dict:
-    result = {"env": env_id, "machine": f"{platform.machine()} {platform.processor()}".strip(),
+    result = {"env": env_id, **machine_stamp(),
               "warmup_steps": warmup, "measured_steps": measure, "seed": seed, "overrides": overrides}
     for schedule in ("sync", "async"):
         out = RESULTS / "timing" / schedule
