@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints-cpu.txt
 STEPS ?= 5000
 SEED ?= 0
+TEST_WORKERS ?= 2
 OUT ?= runs/InvertedPendulum-v5-seed$(SEED)-$(shell date +%Y%m%d-%H%M%S)
 
 # `make docker`: the cluster images (docker/, docs/clusters.md), tagged
@@ -15,7 +16,7 @@ RAY_VERSION = $(shell sed -n 's/^ray==//p' constraints.txt)
 PY_TAG = $(shell sed -n 's/^FROM rayproject\/ray:[^-]*-\(py[0-9]*\)-gpu.*/\1/p' docker/Dockerfile.gpu)
 IMAGE_TAG = $(MBPO_VERSION)-ray$(RAY_VERSION)-$(PY_TAG)
 
-.PHONY: install run test bench clean docker
+.PHONY: install run test test-fast bench clean docker
 
 $(BIN)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS) constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +29,13 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/mbpo-ray train --env InvertedPendulum-v5 --steps $(STEPS) --seed $(SEED) --out $(OUT)
 
+# Every test, over the machine's cores (pytest-xdist; tests/conftest.py groups the modules).
 test: install
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup tests
+
+# The edit loop: everything but the learning runs and the tests that start Ray, Tune or RLlib.
+test-fast: install
+	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not ray" tests
 
 docker:
 	docker build -f docker/Dockerfile.gpu -t $(IMAGE):$(IMAGE_TAG)-gpu .

@@ -23,7 +23,7 @@ import torch
 from mbpo_ray.algos.mbpo_loop import MBPOLoop
 from mbpo_ray.config import make_config
 from mbpo_ray.runtime.local import LocalRuntime
-from mbpo_ray.train import seed_everything
+from mbpo_ray.rng import seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)

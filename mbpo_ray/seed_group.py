@@ -16,47 +16,25 @@ stacked update's arithmetic differs from a single run's (float32 rounding, docs/
 from __future__ import annotations
 
 import copy
-import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from mbpo_ray.agents.stacked import StackedUpdate
 from mbpo_ray.algos import make_algorithm
 from mbpo_ray.config import TrainConfig, validate
 from mbpo_ray.devices import resolve_device
+from mbpo_ray.driver import GroupHook, SeedRun, TrainHook, drive
 from mbpo_ray.envs import prepare_config
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.models.stacked_fit import StackedFit
-from mbpo_ray.models.targets import fit_data_from_buffer
 from mbpo_ray.precision import autocast
-from mbpo_ray.run_dir import RunDirectory
+from mbpo_ray.rng import LaneRandom, rng_state, seed_everything
 from mbpo_ray.seeds import GroupDirectory, check_group_config, format_seeds
-from mbpo_ray.train import (Progress, TrainHook, TrainResult, checkpoint_due, checkpoint_state, hook_stop,
-                            keep_networks, rng_state, seed_everything, set_rng_state, stop_on_signals)
-
-
-class GroupHook:
-    """Something that follows a whole group as ``train_group`` drives it (a sweep trial of
-    packed seeds, mbpo_ray.tune.trainable); each seed's own followers are ``TrainHook``s.
-    ``stop_requested`` as ``TrainHook``'s: the group checkpoints and ends after this epoch."""
-
-    stop_requested: bool = False
-
-    def start(self, runs: Dict[int, RunDirectory]) -> None:
-        """Every seed's run directory is ready (created, or restored for a resume)."""
-
-    def epoch(self, records: Dict[int, Dict[str, Any]], checkpointed: bool) -> None:
-        """Every seed ended an epoch (``records`` by seed, appended to their metrics.jsonl);
-        ``checkpointed``: every seed's checkpoint.pt was written right after."""
-
-    def close(self) -> None:
-        """Always called last, also when the group ends with an exception."""
+from mbpo_ray.train import checkpoint_state, keep_networks
 
 
 def stacks_fits(setting: str, device: torch.device) -> bool:
@@ -67,58 +45,27 @@ def stacks_fits(setting: str, device: torch.device) -> bool:
     return setting == "always" or (setting == "auto" and device.type == "cuda")
 
 
-class LaneRandom:
-    """One seed's global random state, swapped in while the seed works."""
-
-    def __init__(self, state: Dict[str, Any], cuda: bool):
-        self.state, self.cuda = state, cuda
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        """Python, NumPy, torch and CUDA streams (env steps, fits, rollouts, evaluation)."""
-        set_rng_state(self.state)
-        try:
-            yield
-        finally:
-            self.state = rng_state()
-
-    @contextmanager
-    def torch_active(self) -> Iterator[None]:
-        """Only torch's streams: the draws of one agent update (batch indices, policy noise)."""
-        torch.set_rng_state(self.state["torch"])
-        if self.cuda:
-            torch.cuda.set_rng_state_all(self.state["cuda"])
-        try:
-            yield
-        finally:
-            self.state["torch"] = torch.get_rng_state()
-            if self.cuda:
-                self.state["cuda"] = torch.cuda.get_rng_state_all()
-
-
 @dataclass
-class Lane:
-    seed: int
-    cfg: TrainConfig
-    algo: Any  # mbpo_ray.algos.mbpo.MBPO on a LocalRuntime
-    run: RunDirectory
-    random: LaneRandom
-    hooks: Sequence[TrainHook] = ()
+class Lane(SeedRun):
+    """One seed of a group: its run as the driver sees it, and its own random streams."""
+
+    random: LaneRandom = field(default=None)  # type: ignore[assignment]
 
     @property
     def loop(self):
         return self.algo.loop
 
     @property
-    def runtime(self):
+    def runtime(self):  # a StackableRuntime (mbpo_ray.runtime.base)
         return self.algo.runtime
 
 
 class SeedGroup:
     """The lanes of a group, stepped in lockstep, with one stacked agent update."""
 
-    def __init__(self, lanes: List[Lane]):
-        self.lanes = lanes
+    def __init__(self, lanes: List[Lane], group_dir: GroupDirectory):
+        self.lanes = self.runs = lanes  # runs: as the driver sees them (mbpo_ray.driver.Driven)
+        self.group_dir = group_dir
         self.cfg = lanes[0].cfg
         runtime = lanes[0].runtime
         self.device, self.precision = runtime.device, runtime.precision
@@ -162,7 +109,7 @@ class SeedGroup:
             raise RuntimeError("the seeds of a group left lockstep (some fit their model, others do not)")
         started = time.perf_counter()
         new_data = [lane.runtime.new_data_mse() for lane in self.lanes]
-        data = [fit_data_from_buffer(lane.runtime.real_buffer) for lane in self.lanes]
+        data = [lane.runtime.fit_data() for lane in self.lanes]
         with autocast(self.device, self.precision):
             fitted = self.stacked_fit.fit(data, [lane.random.torch_active for lane in self.lanes])
         share = (time.perf_counter() - started) / len(self.lanes)
@@ -188,10 +135,10 @@ class SeedGroup:
             with autocast(self.device, self.precision):
                 metrics = self.stacked.update(batches, noises)
             for lane, row in zip(self.lanes, metrics):
-                lane.runtime.metrics.add(row)
+                lane.runtime.add_agent_metrics(row)
         self.stacked.write_back()
 
-    def save_checkpoints(self, group_dir: GroupDirectory, keep_copy: bool = False) -> None:
+    def save_checkpoints(self, keep_copy: bool = False) -> None:
         """Every seed's checkpoint.pt, replaced together (``GroupDirectory.commit_checkpoints``)."""
         self.stacked.save_to_agents()
         for lane in self.lanes:
@@ -200,7 +147,13 @@ class SeedGroup:
             lane.run.stage_checkpoint(state)
             if keep_copy:
                 keep_networks(lane.run, state)
-        group_dir.commit_checkpoints([lane.seed for lane in self.lanes])
+        self.group_dir.commit_checkpoints([lane.seed for lane in self.lanes])
+
+    def summary(self, state: str, steps_per_s: float) -> str:
+        last = ", ".join(f"seed {lane.seed}: {lane.algo.last_eval}" for lane in self.lanes)
+        return (f"{state} at {self.env_steps} env steps per seed ({steps_per_s:.1f} steps/s per seed, "
+                f"{steps_per_s * len(self.lanes):.1f} in all); last eval returns {last}; "
+                f"run directories {self.group_dir.path}/seed<N>")
 
 @dataclass
 class GroupResult:
@@ -262,80 +215,24 @@ def _train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool,
             seed_everything(seed)  # as a single run: its networks start from the same weights
             run = group_dir.lane(seed)
             algo = make_algorithm(lane_cfg, device, run.path)
-            lanes.append(Lane(seed, lane_cfg, algo, run, LaneRandom(rng_state(), device.type == "cuda"),
-                              hooks.get(seed, ())))
+            lanes.append(Lane(seed, lane_cfg, algo, run, hooks.get(seed, ()),
+                              random=LaneRandom(rng_state(), device.type == "cuda")))
         if resume:
             for lane in lanes:
-                lane.algo.load_state_dict(checkpoints[lane.seed]["algorithm"])
-                lane.random.state = checkpoints[lane.seed]["rng"]
-                lane.run.truncate_metrics(lane.algo.env_steps)
-                lane.run.save_config(lane.cfg)
-        group = SeedGroup(lanes)
+                lane.random.state = lane.restore(checkpoints[lane.seed])
+        group = SeedGroup(lanes, group_dir)
         if not resume:
             group_dir.create(seeds)
             for lane in lanes:
                 lane.run.create(lane.cfg)
         for lane in lanes:
-            for hook in lane.hooks:
-                hook.start(lane.run, lane.cfg)
+            lane.start_hooks()
         for group_hook in group_hooks:
             group_hook.start({lane.seed: lane.run for lane in lanes})
-        return _group_loop(group, group_dir, progress, stop_at, group_hooks)
+        label = f"{lanes[0].algo.title} {cfg.env_id} seeds {format_seeds(seeds)}"
+        results = drive(group, label, progress, stop_at, group_hooks)
+        return GroupResult(group_dir.path, seeds, group.env_steps, results[0].completed,
+                           {lane.seed: lane.algo.last_eval for lane in lanes})
     finally:
         for lane in lanes:
             lane.algo.close()
-
-
-def _group_loop(group: SeedGroup, group_dir: GroupDirectory, progress: bool, stop_at: Optional[int],
-                group_hooks: Sequence[GroupHook]) -> GroupResult:
-    cfg, lanes = group.cfg, group.lanes
-    seeds = [lane.seed for lane in lanes]
-    label = f"{lanes[0].algo.title} {cfg.env_id} seeds {format_seeds(seeds)}"
-    bar = Progress(label, cfg.total_steps, group.env_steps, sys.stderr) if progress else None
-    start_wall, start_steps = time.perf_counter(), group.env_steps
-    epochs_done, stopped_early = 0, False
-    with stop_on_signals() as stop:
-        while group.env_steps < cfg.total_steps:
-            records = group.step()
-            if bar is not None:
-                bar.update(1)
-            if records[0] is not None:
-                wall = time.perf_counter() - start_wall
-                for lane, record in zip(lanes, records):
-                    record["perf/wall_seconds"] = wall
-                    lane.run.append_metrics(record)
-                epochs_done += 1
-                saved, keep_copy = checkpoint_due(cfg, epochs_done, records[0])
-                if saved:
-                    group.save_checkpoints(group_dir, keep_copy)
-                if bar is not None:
-                    mean = float(np.mean([r["eval/return_mean"] for r in records]))
-                    bar.epoch(group.env_steps, {**records[0], "eval/return_mean": mean})
-                for lane, record in zip(lanes, records):
-                    for hook in lane.hooks:
-                        hook.epoch(record, lane.run.checkpoint_path if saved else None)
-                for group_hook in group_hooks:
-                    group_hook.epoch({lane.seed: record for lane, record in zip(lanes, records)}, saved)
-            if (stop.requested or hook_stop(group_hooks)
-                    or (stop_at is not None and group.env_steps >= stop_at)):
-                if group.env_steps < cfg.total_steps:
-                    group.save_checkpoints(group_dir)
-                    stopped_early = True
-                break
-    if bar is not None:
-        bar.close()
-    for lane in lanes:
-        lane.run.plot_curve(title=f"{lane.algo.title} {cfg.env_id}, seed {lane.seed}")
-    steps_per_s = (group.env_steps - start_steps) / max(time.perf_counter() - start_wall, 1e-9)
-    last = {lane.seed: lane.algo.last_eval for lane in lanes}
-    if progress:
-        state = "stopped" if stopped_early else "finished"
-        print(f"{state} at {group.env_steps} env steps per seed ({steps_per_s:.1f} steps/s per seed, "
-              f"{steps_per_s * len(lanes):.1f} in all); last eval returns "
-              + ", ".join(f"seed {s}: {v}" for s, v in last.items()) + f"; run directories {group_dir.path}/seed<N>",
-              file=sys.stderr)
-    for lane in lanes:
-        result = TrainResult(lane.run, group.env_steps, not stopped_early, lane.algo.last_eval)
-        for hook in lane.hooks:
-            hook.end(result)
-    return GroupResult(group_dir.path, seeds, group.env_steps, not stopped_early, last)

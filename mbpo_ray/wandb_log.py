@@ -151,7 +151,7 @@ def stable_run_id(*parts: str) -> str:
 
 
 class WandbLogger:
-    """A ``mbpo_ray.train.TrainHook`` (start, epoch, end, close) that mirrors a run to W&B (see
+    """A ``mbpo_ray.driver.TrainHook`` (start, epoch, end, close) that mirrors a run to W&B (see
     the module docstring). It does not subclass TrainHook so that this module loads without
     torch."""
 

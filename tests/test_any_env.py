@@ -467,6 +467,7 @@ def test_ray_roles_fit_publish_and_use_the_learned_rule(monkeypatch):
     assert torch.equal(again.termination(probe, None, probe), trainer.termination(probe, None, probe))
 
 
+@pytest.mark.ray
 def test_ray_runtime_runs_with_learned_termination(tmp_path):
     """Hopper-v5 with mbpo.termination=learned on the Ray runtime (sync schedule): the model
     trainer actor fits and publishes the classifier, the rollout worker actors load it with the

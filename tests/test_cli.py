@@ -12,7 +12,7 @@ import mbpo_ray.train
 from mbpo_ray.cli import main
 from mbpo_ray.config import make_config
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.train import Progress
+from mbpo_ray.driver import Progress
 
 TINY = ["--env", "InvertedPendulum-v5", "--steps", "600", "--seed", "3", "--device", "cpu",
         "--set", "eval_episodes=2", "--set", "mbpo.epoch_length=200", "--set", "mbpo.init_random_steps=200",

@@ -97,6 +97,7 @@ def test_resolve_device_absent_cuda_names_what_is_there():
     assert ("no CUDA device" if count == 0 else f"{count} CUDA device") in str(info.value)
 
 
+@pytest.mark.ray
 def test_ray_assigned_gpu_is_the_actor_device():
     """Ray's resource accounting on a CPU machine: a cluster that claims one GPU assigns it to
     the actor that asks for it (and sets CUDA_VISIBLE_DEVICES), none to the actor that does not.

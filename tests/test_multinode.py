@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # starts a Ray cluster: make test-fast leaves it out
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 tune = pytest.importorskip("ray.tune")
 

@@ -5,6 +5,7 @@ for resources the cluster lacks stops at once."""
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # starts a Ray cluster: make test-fast leaves it out
 
 from mbpo_ray.algos import make_algorithm  # noqa: E402
 from mbpo_ray.cli import main  # noqa: E402
@@ -52,11 +53,33 @@ def buffer_sizes(algo):
     return ray.get(algo.runtime.buffer.sizes.remote())
 
 
-def test_sync_schedule_matches_local_runtime(ray_config, tiny_config, tmp_path, ray_cluster, single_thread):
+# One sync run whose collector, rollout worker and model trainer are each killed once, at
+# different steps, mid-epoch: every actor comes back without losing or repeating a transition,
+# and the run still keeps the local runtime's schedule epoch by epoch.
+KILLS = {250: "collector", 320: "rollout_worker", 450: "model_trainer"}  # the next rollouts come at
+# 300 and 400, the next fit at 500: each replaced actor is used again after its kill
+
+
+def test_sync_schedule_matches_local_runtime_through_killed_actors(ray_config, tiny_config, tmp_path, ray_cluster,
+                                                                    single_thread):
     train(tiny_config(), str(tmp_path / "local"), progress=False)
-    train(ray_config(), str(tmp_path / "ray"), progress=False)
     local = RunDirectory(tmp_path / "local").read_metrics()
-    remote = RunDirectory(tmp_path / "ray").read_metrics()
+    cfg = ray_config()
+    algo = make_algorithm(cfg, "cpu", tmp_path / "ray")
+    try:
+        remote = []
+        for step, role in sorted(KILLS.items()):
+            remote += run_steps(algo, step)
+            ray.kill({"collector": algo.runtime.collectors[0], "rollout_worker": algo.runtime.rollout_workers[1],
+                      "model_trainer": algo.runtime.model_trainer}[role])
+        remote += run_steps(algo, cfg.total_steps)
+        assert algo.runtime.restarts == {role: 1 for role in KILLS.values()}
+        assert remote[-1]["perf/actor_restarts"] == 3
+        # every transition the collectors produced reached D_env once: nothing lost or repeated
+        assert buffer_sizes(algo)["real_added"] == cfg.total_steps
+        assert remote[-1]["model/version"] >= 3  # fits went on after the kills
+    finally:
+        algo.close()
     # the same epochs, SAC updates, model fits, k and start states, epoch by epoch
     assert schedule_of(remote) == schedule_of(local)
     assert [r["rollout/model_buffer_size"] for r in remote if "rollout/k" in r] == \
@@ -70,28 +93,6 @@ def test_sync_schedule_matches_local_runtime(ray_config, tiny_config, tmp_path, 
     fitted = [r for r in remote if "rollout/k" in r]
     for key in ("perf/collector_policy_lag_max", "perf/rollout_model_lag_max", "perf/rollout_policy_lag_max"):
         assert all(r[key] == 0 for r in fitted), key
-    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "curve.png"):
-        assert (tmp_path / "ray" / name).exists()
-
-
-@pytest.mark.parametrize("role", ["collector", "rollout_worker", "model_trainer"])
-def test_sync_run_survives_a_killed_actor(role, ray_config, tmp_path, ray_cluster, single_thread):
-    cfg = ray_config()
-    algo = make_algorithm(cfg, "cpu", tmp_path)
-    try:
-        run_steps(algo, 250)  # mid-epoch; the next fit and rollouts come at step 300
-        victim = {"collector": algo.runtime.collectors[0], "rollout_worker": algo.runtime.rollout_workers[1],
-                  "model_trainer": algo.runtime.model_trainer}[role]
-        ray.kill(victim)
-        records = run_steps(algo, cfg.total_steps)
-        assert algo.env_steps == cfg.total_steps
-        assert algo.runtime.restarts == {role: 1}
-        assert records[-1]["perf/actor_restarts"] == 1
-        # every transition the collectors produced reached D_env once: nothing lost or repeated
-        assert buffer_sizes(algo)["real_added"] == cfg.total_steps
-        assert records[-1]["model/version"] >= 3  # fits went on after the kill
-    finally:
-        algo.close()
 
 
 def test_redone_call_does_not_store_its_rows_twice(ray_config, tmp_path, ray_cluster, single_thread):

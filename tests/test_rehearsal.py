@@ -116,6 +116,7 @@ def read_record(path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_rehearsal_of_aws_with_a_bucket_and_an_unreachable_wandb(tmp_path, monkeypatch):
     # a W&B key in the environment (as the nodes' would be) and no route to W&B
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
@@ -140,6 +141,7 @@ def test_rehearsal_of_aws_with_a_bucket_and_an_unreachable_wandb(tmp_path, monke
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_rehearsal_of_the_kuberay_raycluster_groups(tmp_path):
     out, record_file = io.StringIO(), tmp_path / "record.json"
     code = rehearse(str(REPO / "cluster" / "kuberay" / "raycluster.yaml"), storage="local", out=str(tmp_path / "r"),

@@ -164,7 +164,8 @@ def running_episode_length(state: Dict[str, Any]) -> int:
 
 # --- the matrix ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.ray] if c.uses_ray else [])
+                                  for c in CASES])
 def test_resume_keeps_the_documented_guarantee(case, tiny_config, tmp_path, request, single_thread):
     if case.uses_ray:
         request.getfixturevalue("ray_session")

@@ -17,6 +17,7 @@ from mbpo_ray.train import train
 from helpers import comparable
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # starts a Ray cluster: make test-fast leaves it out
 
 EVAL_KEYS = ("eval/return_mean", "eval/return_std", "eval/return_min", "eval/return_max",
              "eval/episode_length")

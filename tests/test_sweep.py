@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # starts a Ray cluster: make test-fast leaves it out
 tune = pytest.importorskip("ray.tune")
 
 from mbpo_ray.cli import main  # noqa: E402

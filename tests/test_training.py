@@ -8,7 +8,8 @@ import pytest
 
 from mbpo_ray.config import make_config
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.train import TrainHook, train
+from mbpo_ray.driver import TrainHook
+from mbpo_ray.train import train
 from helpers import assert_states_equal, comparable
 
 

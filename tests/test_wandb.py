@@ -14,7 +14,7 @@ import pytest
 from mbpo_ray.cli import main
 from mbpo_ray.config import to_dict
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.train import TrainResult
+from mbpo_ray.driver import TrainResult
 from mbpo_ray.wandb_log import WandbLogger, WandbOptions, existing_run_id, resolve_mode, stable_run_id
 
 FAKE_KEY = "fake-wandb-key-fedcba9876543210fedcba9876543210"

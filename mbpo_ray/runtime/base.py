@@ -59,6 +59,35 @@ class Runtime(Protocol):
         """Release what the runtime holds outside this process (actors, a Ray instance)."""
 
 
+class StackableRuntime(Runtime, Protocol):
+    """A runtime whose seed can join a seed group (mbpo_ray.seed_group, docs/seed_groups.md): the
+    group runs the agent updates of all its seeds as one stacked update and their model fits as
+    one stacked fit, with each seed's own data and random draws. What the group needs of each
+    seed's runtime for that, besides the step-by-step operations:"""
+
+    device: Any       # the torch device the seed's networks live on
+    precision: str    # float32 or bf16 (mbpo_ray.precision)
+    agent: Any        # the learner (``AgentBuilder``), whose parameters the stacked update stacks
+    model_trainer: Any  # the ensemble's EnsembleTrainer, whose fit the stacked fit stacks
+
+    def sample_batch(self, batch_size: int, real_ratio: float) -> Tuple[Any, ...]:
+        """One agent-update batch (obs, act, rew, next_obs, done) mixing real_ratio real data,
+        drawn with the current torch random stream."""
+
+    def add_agent_metrics(self, metrics: Any) -> None:
+        """One update's metrics tensor (the agent's ``metric_names`` order) into the epoch's means."""
+
+    def fit_data(self) -> Tuple[Any, Any]:
+        """D_env as the ensemble fits it: (inputs [N, in], targets [N, out])."""
+
+    def new_data_mse(self) -> Optional[float]:
+        """Before a fit: the current model's error on the real transitions since the last fit."""
+
+    def model_fit_done(self, metrics: Dict[str, float], new_data: Optional[float]) -> Dict[str, float]:
+        """After the ensemble's fit (the group's stacked one): the rest of a fit (a learned
+        termination's fit, the bookkeeping); returns the fit's metrics."""
+
+
 @dataclass(eq=False)
 class Job:
     """One piece of work started on an ``AsyncRuntime`` and not yet waited for.

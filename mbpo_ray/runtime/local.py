@@ -1,7 +1,7 @@
 """Runtimes that keep everything of one run in this process."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -14,6 +14,7 @@ from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
+from mbpo_ray.models.targets import fit_data_from_buffer
 from mbpo_ray.models.termination import LearnedTermination
 from mbpo_ray.precision import autocast, choose_precision
 from mbpo_ray.runtime.base import AgentBuilder
@@ -85,7 +86,11 @@ class AgentRuntime:
         for _ in range(num_updates):
             batch = self.sample_batch(batch_size, real_ratio)
             with autocast(self.device, self.precision):
-                self.metrics.add(self.agent.update(*batch))
+                self.add_agent_metrics(self.agent.update(*batch))
+
+    def add_agent_metrics(self, metrics: torch.Tensor) -> None:
+        """One update's metrics (the agent's ``metric_names`` order) into this epoch's means."""
+        self.metrics.add(metrics)
 
     def agent_metrics(self) -> Dict[str, float]:
         return self.metrics.read()
@@ -124,7 +129,8 @@ class AgentRuntime:
 
 
 class LocalRuntime(AgentRuntime):
-    """Everything of an MBPO run in this process: env, D_env, D_model, ensemble, SAC."""
+    """Everything of an MBPO run in this process: env, D_env, D_model, ensemble, SAC. Also a
+    ``StackableRuntime`` (mbpo_ray.runtime.base): a seed group stacks its seeds' updates and fits."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, make_agent: Optional[AgentBuilder] = None):
         super().__init__(cfg, device, make_agent)
@@ -156,8 +162,12 @@ class LocalRuntime(AgentRuntime):
     def fit_model(self) -> Dict[str, float]:
         new_data = self.new_data_mse()
         with autocast(self.device, self.precision):
-            metrics = self.model_trainer.fit_buffer(self.real_buffer)
+            metrics = self.model_trainer.fit(*self.fit_data())
         return self.model_fit_done(metrics, new_data)
+
+    def fit_data(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """D_env as the ensemble fits it: (inputs, targets), every stored transition."""
+        return fit_data_from_buffer(self.real_buffer)
 
     def model_fit_done(self, metrics: Dict[str, float], new_data: Optional[float]) -> Dict[str, float]:
         """After the ensemble's fit (here, or a seed group's stacked fit, mbpo_ray.seed_group):

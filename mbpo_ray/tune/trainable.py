@@ -37,11 +37,12 @@ import numpy as np
 import ray
 from ray import tune
 
+from mbpo_ray.driver import GroupHook, TrainHook
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.seed_group import GroupHook, train_group
+from mbpo_ray.seed_group import train_group
 from mbpo_ray.seeds import GroupDirectory
-from mbpo_ray.train import TrainHook, train
+from mbpo_ray.train import train
 from mbpo_ray.tune.study import trial_bundles, trial_config
 from mbpo_ray.wandb_log import WandbLogger, WandbOptions, own_service, stable_run_id
 
