@@ -50,7 +50,7 @@ def live_cost(env_id: str, device: str, repeats: int = 5) -> dict:
     """Seconds per epoch that each live metric adds, with the env's paper preset sizes."""
     from mbpo_ray.agents.sac import SAC
     from mbpo_ray.data.buffers import ReplayBuffer
-    from mbpo_ray.diagnostics.live import BEHAVIOR_CAPACITY, BehaviorLog, elite_mse
+    from mbpo_ray.live_metrics import BEHAVIOR_CAPACITY, BehaviorLog, elite_mse
     from mbpo_ray.models.rollout import DISAGREEMENT_ROWS
     from mbpo_ray.envs import make_env
     from mbpo_ray.models import ProbabilisticEnsemble

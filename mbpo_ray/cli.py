@@ -14,12 +14,12 @@ import yaml
 
 from mbpo_ray.config import (ALGOS, ENV_ID_HELP, SUPPORTED_ENVS, ConfigError, ConfigFile, TrainConfig,
                              apply_overrides, load_config_file, make_config, parse_override, to_dict, validate)
-from mbpo_ray.analysis.options import add_report_arguments
-from mbpo_ray.diagnostics.options import add_analyze_arguments
+from mbpo_ray.analysis.report.options import add_report_arguments
+from mbpo_ray.diagnostics.params import add_analyze_arguments
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.rehearsal.command import add_cluster_arguments
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.seeds import GroupDirectory, check_group_config, parse_seeds
+from mbpo_ray.group_dir import GroupDirectory, check_group_config, parse_seeds
 from mbpo_ray.tune.command import add_sweep_arguments
 from mbpo_ray.wandb_log import add_wandb_arguments
 

@@ -6,7 +6,7 @@ so that no Python loop over members runs on the hot path.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -97,3 +97,9 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def cpu_weights(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """``module``'s state as detached CPU copies: what is sent to another process (a Ray actor's
+    published weights) or kept beside a checkpoint, unaffected by later training steps."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

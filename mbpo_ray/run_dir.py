@@ -19,6 +19,7 @@ from typing import Any, Dict, List
 
 import yaml
 
+from mbpo_ray.atomic import replacing, write_atomic
 from mbpo_ray.config import TrainConfig, from_dict, to_dict
 from mbpo_ray.errors import ConfigError, RunDirError
 
@@ -63,7 +64,7 @@ class RunDirectory:
             raise RunDirError(f"{self.config_path} is not a valid config: {exc}") from None
 
     def save_config(self, cfg: TrainConfig) -> None:
-        self._write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+        write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
 
     # --- metrics ---
     def append_metrics(self, record: Dict[str, Any]) -> None:
@@ -79,7 +80,7 @@ class RunDirectory:
     def truncate_metrics(self, env_steps: int) -> None:
         """Drop records written after the checkpoint being resumed (they will be redone)."""
         kept = [r for r in self.read_metrics() if r["env_steps"] <= env_steps]
-        self._write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     # --- checkpoints ---
     # torch is imported here, not at the top: the CLI reads configs before torch is loaded.
@@ -89,7 +90,7 @@ class RunDirectory:
     @property
     def staged_checkpoint_path(self) -> Path:
         """A checkpoint written but not yet in force: a seed group writes every seed's before it
-        replaces any seed's checkpoint.pt (mbpo_ray.seeds.GroupDirectory)."""
+        replaces any seed's checkpoint.pt (mbpo_ray.group_dir.GroupDirectory)."""
         return self.path / "checkpoint.pt.next"
 
     def stage_checkpoint(self, state: Dict[str, Any]) -> None:
@@ -103,9 +104,8 @@ class RunDirectory:
     def _save_state(state: Dict[str, Any], path: Path) -> None:
         import torch
 
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
 
     def load_checkpoint(self) -> Dict[str, Any]:
         path = self.checkpoint_path
@@ -129,9 +129,8 @@ class RunDirectory:
 
         self.checkpoints_dir.mkdir(exist_ok=True)
         path = self.checkpoints_dir / f"step_{env_steps}.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save({"env_steps": env_steps, **networks}, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            torch.save({"env_steps": env_steps, **networks}, tmp)
         return path
 
     def snapshot_paths(self) -> List[Path]:
@@ -142,11 +141,6 @@ class RunDirectory:
             if step.isdigit():
                 found.append((int(step), p))
         return [p for _, p in sorted(found)]
-
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
 
     # --- plot ---
     def plot_curve(self, title: str = "") -> Path | None:
@@ -174,6 +168,7 @@ class RunDirectory:
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
         fig.tight_layout()
-        fig.savefig(self.curve_path, dpi=100)
+        with replacing(self.curve_path) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
         return self.curve_path

@@ -33,7 +33,7 @@ from mbpo_ray.errors import RunDirError
 from mbpo_ray.models.stacked_fit import StackedFit
 from mbpo_ray.precision import autocast
 from mbpo_ray.rng import LaneRandom, rng_state, seed_everything
-from mbpo_ray.seeds import GroupDirectory, check_group_config, format_seeds
+from mbpo_ray.group_dir import GroupDirectory, check_group_config, format_seeds
 from mbpo_ray.train import checkpoint_state, keep_networks
 
 

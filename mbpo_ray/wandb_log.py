@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from mbpo_ray.config import TrainConfig, to_dict
 from mbpo_ray.errors import ConfigError
 from mbpo_ray.run_dir import RunDirectory
-from mbpo_ray.seeds import GroupDirectory
+from mbpo_ray.group_dir import GroupDirectory
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 # WANDB_MODE values W&B accepts, as the mode they mean ("dryrun" and "run" are its old names)

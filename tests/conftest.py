@@ -24,9 +24,10 @@ def pytest_collection_modifyitems(config, items):
     def module(item):
         return item.module.__name__.rpartition(".")[2]
 
-    for item in items:
-        name = module(item)
-        item.add_marker(pytest.mark.xdist_group("ray_port_6379" if name in FIXED_PORT_MODULES else name))
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            name = module(item)
+            item.add_marker(pytest.mark.xdist_group("ray_port_6379" if name in FIXED_PORT_MODULES else name))
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: order within a module kept
 

@@ -35,7 +35,10 @@ RAY_ALLOWED = ("mbpo_ray.runtime.ray", "mbpo_ray.algos.rllib_sac", "mbpo_ray.tun
 RUNTIME_INTERFACE = ("mbpo_ray.runtime.base", "mbpo_ray.runtime.factory")
 # The core: no algorithm, no runtime, no Ray.
 CORE = ("mbpo_ray.models", "mbpo_ray.agents", "mbpo_ray.data", "mbpo_ray.planning", "mbpo_ray.envs",
-        "mbpo_ray.nn", "mbpo_ray.config", "mbpo_ray.devices")
+        "mbpo_ray.nn", "mbpo_ray.config", "mbpo_ray.devices", "mbpo_ray.live_metrics", "mbpo_ray.rng",
+        "mbpo_ray.atomic")
+# The analyses of finished runs: they read what training wrote, and training never imports them.
+ANALYSES = ("mbpo_ray.diagnostics", "mbpo_ray.analysis")
 # What mbpo_ray.config may import of this package (besides itself), and what of the heavy libraries.
 CONFIG_MAY_IMPORT = ("mbpo_ray.errors",)
 CONFIG_HEAVY = ("torch", "gymnasium", "numpy", "ray")
@@ -156,6 +159,12 @@ def check_core_stays_below(imports: Sequence[Import]) -> List[str]:
             if within(i.importer, CORE) and within(i.target, ["mbpo_ray.algos", "mbpo_ray.runtime", "ray"])]
 
 
+def check_training_does_not_import_the_analyses(imports: Sequence[Import]) -> List[str]:
+    rule = "runtime/ and the core never import diagnostics/ or analysis/ (the layers point one way)"
+    return [f"{i.where()} -- rule: {rule}" for i in imports
+            if within(i.importer, CORE + ("mbpo_ray.runtime",)) and within(i.target, ANALYSES)]
+
+
 def module_graph(modules: Dict[str, Path], imports: Sequence[Import]) -> Dict[str, Dict[str, Import]]:
     """importer -> {imported module of this package -> the first import that makes the edge},
     with the implicit edges to the packages whose ``__init__`` an import runs."""
@@ -266,6 +275,7 @@ RULES = {
     "ray-only-where-allowed": check_ray_only_where_allowed,
     "config-is-light": check_config_is_light,
     "core-stays-below": check_core_stays_below,
+    "training-does-not-import-the-analyses": check_training_does_not_import_the_analyses,
 }
 
 
@@ -412,6 +422,10 @@ def test_a_well_behaved_package_passes_every_check(tmp_path):
      {"envs.py": "import ray\n"}, "mbpo_ray/envs.py:1"),
     ("core-stays-below",
      {"agents/sac.py": "from ..algos import records\n"}, "mbpo_ray/agents/sac.py:1"),
+    ("training-does-not-import-the-analyses",
+     {"runtime/local.py": "\nfrom mbpo_ray.diagnostics.live import elite_mse\n"}, "mbpo_ray/runtime/local.py:2"),
+    ("training-does-not-import-the-analyses",
+     {"models/rollout.py": "from mbpo_ray.analysis import stats\n"}, "mbpo_ray/models/rollout.py:1"),
 ])
 def test_each_rule_fails_on_a_package_that_breaks_it(tmp_path, rule, files, where):
     modules, imports = scan(write_package(tmp_path, {**GOOD, **files}))

@@ -123,9 +123,23 @@ def test_async_updates_begin_where_the_step_by_step_updates_begin(min_real, init
     sync_rt, async_rt, loop = sync_and_async(cfg)
     total_sync = sum(n for _, n in sync_rt.update_chunks)
     assert total_sync == 2 * (1000 - max(init, min_real - 1))
-    assert loop.state.schedule["updates"] == total_sync
+    assert loop.state.updates == total_sync
     # every chunk stays within what the step-by-step loop had made by then
     made = 0
     for rows, n in async_rt.update_chunks:
         made += n
         assert made <= 2 * (rows - max(init, min_real - 1)), (rows, made)
+
+
+def test_a_checkpoint_of_the_schedule_dict_loads_into_the_typed_state():
+    # releases before the typed state kept the overlapped schedule's fields in a dict
+    old = {"env_steps": 400, "episode_returns": [], "model_metrics": {"model/holdout_mse": 1.0},
+           "rollout_metrics": {}, "last_eval": 5.0, "schedule": {"updates": 600, "next_fit_at": 500}}
+    state = AsyncMBPOLoop.state_from_dict(old)
+    assert (state.env_steps, state.updates, state.next_fit_at) == (400, 600, 500)
+    loop = AsyncMBPOLoop(config(), FakeAsyncRuntime(), state)
+    # what the old dict did not hold is derived: the next rollout point, a published model
+    assert state.next_rollout_at == 400 and state.model_published is True
+    assert AsyncMBPOLoop.state_from_dict(loop.state_dict()) == state
+    sync = MBPOLoop.state_from_dict({**old, "schedule": {}})
+    assert sync.env_steps == 400 and not hasattr(sync, "updates")

@@ -22,7 +22,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from mbpo_ray.runtime.ray.cluster import role_resources
-from mbpo_ray.tune.study import load_study, total, validate_study
+from mbpo_ray.runtime.ray.capacity import total
+from mbpo_ray.tune.study import load_study, validate_study
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_UP_FILES = ("aws.yaml", "gcp.yaml", "onprem.yaml")

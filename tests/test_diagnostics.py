@@ -15,8 +15,8 @@ from mbpo_ray.cli import main
 from mbpo_ray.config import ConfigError, ModelConfig, make_config
 from mbpo_ray.data import ReplayBuffer, RowLayout
 from mbpo_ray.diagnostics import bound
-from mbpo_ray.diagnostics.live import BehaviorLog, elite_mse, gaussian_kl
-from mbpo_ray.diagnostics.options import KINDS
+from mbpo_ray.live_metrics import BehaviorLog, elite_mse, gaussian_kl
+from mbpo_ray.diagnostics.params import KINDS
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
 from mbpo_ray.run_dir import RunDirectory
@@ -387,7 +387,7 @@ def test_docs_list_every_parameter_and_live_key():
     import dataclasses
     from pathlib import Path
 
-    from mbpo_ray.diagnostics.options import PARAMS
+    from mbpo_ray.diagnostics.params import PARAMS
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     page, metrics = (docs / "diagnostics.md").read_text(), (docs / "metrics.md").read_text()

@@ -15,7 +15,7 @@ from mbpo_ray.config import SACConfig, make_config
 from mbpo_ray.errors import ConfigError, RunDirError
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seed_group import train_group
-from mbpo_ray.seeds import GroupDirectory, format_seeds, parse_seeds
+from mbpo_ray.group_dir import GroupDirectory, format_seeds, parse_seeds
 from mbpo_ray.train import train
 
 # A seed in a stack and the same seed alone differ only by float32 rounding (the batched kernels

@@ -15,9 +15,8 @@ import mbpo_ray.tune.sweep as sweep_module
 from mbpo_ray.cli import main
 from mbpo_ray.runtime.ray.cluster import required_resources
 from mbpo_ray.tune.study import (DRIVER_CPUS, StudyError, cells, dump_study, load_study, parse_yaml,
-                                 study_from_yaml, total, trial_bundles, trial_config, trial_table,
-                                 validate_study)
-from mbpo_ray.runtime.ray.capacity import Capacity, NodeType, monitor_config_path, node_types_of_config
+                                 study_from_yaml, trial_bundles, trial_config, trial_table, validate_study)
+from mbpo_ray.runtime.ray.capacity import Capacity, NodeType, monitor_config_path, node_types_of_config, total
 from mbpo_ray.tune.sweep import StudyFolder, check_cluster, waiting_note
 
 REPO = Path(__file__).resolve().parents[1]

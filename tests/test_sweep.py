@@ -26,7 +26,7 @@ from mbpo_ray.config import to_dict  # noqa: E402
 from mbpo_ray.analysis.report import find_run_dirs  # noqa: E402
 from mbpo_ray.rehearsal.local_s3 import LocalS3  # noqa: E402
 from mbpo_ray.run_dir import RunDirectory  # noqa: E402
-from mbpo_ray.seeds import GroupDirectory  # noqa: E402
+from mbpo_ray.group_dir import GroupDirectory  # noqa: E402
 from mbpo_ray.tune.study import StudyError, cells, load_study, trial_config  # noqa: E402
 from mbpo_ray.tune.sweep import sweep  # noqa: E402
 from mbpo_ray.wandb_log import stable_run_id  # noqa: E402

@@ -22,33 +22,47 @@ update ratio (this epoch's and the run's) under perf/.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from mbpo_ray.algos.mbpo_loop import MBPOLoop
+from mbpo_ray.algos.mbpo_loop import LoopBase, LoopState
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.runtime.base import AsyncRuntime, Job
 
 
-class AsyncMBPOLoop(MBPOLoop):
-    def __init__(self, cfg: TrainConfig, runtime: AsyncRuntime, state=None):
+@dataclass
+class OverlappedState(LoopState):
+    """The overlapped schedule's state: the step-by-step loop's, and its own bookkeeping."""
+
+    updates: int = 0                        # SAC updates made so far
+    next_fit_at: Optional[int] = None       # env steps at which the next model fit is due
+    next_rollout_at: Optional[int] = None   # env steps at which the next rollout point is
+    model_published: Optional[bool] = None  # whether a fit has been published (rollouts wait for one)
+
+
+class AsyncMBPOLoop(LoopBase):
+    State = OverlappedState
+
+    def __init__(self, cfg: TrainConfig, runtime: AsyncRuntime, state: Optional[OverlappedState] = None):
         super().__init__(cfg, runtime, state)
-        r, b = cfg.ray, cfg.mbpo
+        r, b, st = cfg.ray, cfg.mbpo, self.state
         self.max_ratio = b.updates_per_step if r.max_updates_per_step is None else r.max_updates_per_step
         self.min_ratio = self.max_ratio if r.min_updates_per_step is None else r.min_updates_per_step
-        sched = self.state.schedule
-        sched.setdefault("updates", 0)
-        sched.setdefault("next_fit_at", b.init_random_steps)
-        sched.setdefault("next_rollout_at", self.first_rollout_point(self.state.env_steps))
-        sched.setdefault("model_published", bool(self.state.model_metrics))
         # the step-by-step loop updates after env step t once t > init_random_steps and D_env
         # holds min_real_before_updates rows (t rows): its updates so far are G x (t - this)
         self.updates_from = max(b.init_random_steps, b.min_real_before_updates - 1)
+        if st.next_fit_at is None:
+            st.next_fit_at = b.init_random_steps
+        if st.next_rollout_at is None:
+            st.next_rollout_at = self.first_rollout_point(st.env_steps)
+        if st.model_published is None:  # a checkpoint of a release that did not record it
+            st.model_published = bool(st.model_metrics)
         self.jobs: List[Job] = []                 # started, not yet waited for
-        self.launched_steps = self.state.env_steps  # env steps handed to collectors so far
+        self.launched_steps = st.env_steps        # env steps handed to collectors so far
         self.idle_collectors = set(range(runtime.num_collectors))
         self.last_launch: Dict[int, int] = {}     # collectors take turns
         self.rollout_parts: List[Dict[str, Any]] = []
-        self.epoch_updates_start = (sched["updates"], self.state.env_steps)
+        self.epoch_updates_start = (st.updates, st.env_steps)
         self.epoch_wait_seconds = 0.0
 
     def busy(self, kind: str) -> bool:
@@ -66,12 +80,12 @@ class AsyncMBPOLoop(MBPOLoop):
     def start_due_rollouts(self) -> None:
         """Rollouts for every rollout point passed (before the run's last step), with the newest
         published model, unless a fit or rollouts are running (they come back here when done)."""
-        sched, steps = self.state.schedule, self.state.env_steps
-        if not self.uses_model or not sched["model_published"] or self.busy("fit") or self.busy("rollout"):
+        st = self.state
+        if not self.uses_model or not st.model_published or self.busy("fit") or self.busy("rollout"):
             return
         points = 0
-        while sched["next_rollout_at"] <= steps and sched["next_rollout_at"] < self.cfg.total_steps:
-            sched["next_rollout_at"] += self.rollout_freq
+        while st.next_rollout_at <= st.env_steps and st.next_rollout_at < self.cfg.total_steps:
+            st.next_rollout_at += self.rollout_freq
             points += 1
         if points:
             k = self.rollout_length()
@@ -81,17 +95,17 @@ class AsyncMBPOLoop(MBPOLoop):
 
     # --- what may start now ---
     def launch(self) -> None:
-        cfg, b, rt, st, sched = self.cfg, self.cfg.mbpo, self.runtime, self.state, self.state.schedule
+        cfg, b, rt, st = self.cfg, self.cfg.mbpo, self.runtime, self.state
         # a model refit once its env steps have arrived (the step-by-step loop's last fit comes
         # before its last env step), and rollouts at the rollout points passed
         if self.uses_model and not self.busy("fit") and not self.busy("rollout") \
-                and sched["next_fit_at"] <= st.env_steps and sched["next_fit_at"] < cfg.total_steps:
-            while sched["next_fit_at"] <= st.env_steps:
-                sched["next_fit_at"] += b.model_train_freq
+                and st.next_fit_at <= st.env_steps and st.next_fit_at < cfg.total_steps:
+            while st.next_fit_at <= st.env_steps:
+                st.next_fit_at += b.model_train_freq
             self.jobs.append(rt.start_fit())
         self.start_due_rollouts()
         # SAC updates, up to the upper bound of the rate limiter
-        owed = int(self.max_ratio * self.steps_with_updates(st.env_steps)) - sched["updates"]
+        owed = int(self.max_ratio * self.steps_with_updates(st.env_steps)) - st.updates
         if (not self.busy("update") and owed >= 1 and st.env_steps > b.init_random_steps
                 and rt.real_size() >= b.min_real_before_updates):
             self.jobs.append(rt.start_update(min(cfg.ray.learner_chunk, owed), b.real_ratio))
@@ -102,7 +116,7 @@ class AsyncMBPOLoop(MBPOLoop):
         learner_ready = rt.real_size() >= b.min_real_before_updates
         for index in sorted(self.idle_collectors, key=lambda i: self.last_launch.get(i, -1)):
             remaining = cfg.total_steps - self.launched_steps
-            behind = self.min_ratio * self.steps_with_updates(self.launched_steps) - sched["updates"]
+            behind = self.min_ratio * self.steps_with_updates(self.launched_steps) - st.updates
             if remaining <= 0 or (learner_ready and behind > slack):
                 break
             n = min(cfg.ray.collector_chunk, remaining)
@@ -124,10 +138,10 @@ class AsyncMBPOLoop(MBPOLoop):
             st.episode_returns.extend(out["finished_returns"])
             self.idle_collectors.add(job.index)
         elif job.kind == "update":
-            st.schedule["updates"] += out["updates"]
+            st.updates += out["updates"]
         elif job.kind == "fit":
             st.model_metrics = out
-            st.schedule["model_published"] = True
+            st.model_published = True
             self.start_due_rollouts()
         elif job.kind == "rollout":
             self.rollout_parts.append(out)
@@ -160,8 +174,8 @@ class AsyncMBPOLoop(MBPOLoop):
     def finish_updates(self) -> None:
         """At the end of the run: let the learner reach the lower bound of the ratio."""
         self.drain()
-        b, sched = self.cfg.mbpo, self.state.schedule
-        while int(self.min_ratio * self.steps_with_updates(self.state.env_steps)) > sched["updates"] \
+        b, st = self.cfg.mbpo, self.state
+        while int(self.min_ratio * self.steps_with_updates(self.state.env_steps)) > st.updates \
                 and self.runtime.real_size() >= b.min_real_before_updates:
             self.launch()
             if not self.jobs:
@@ -169,15 +183,15 @@ class AsyncMBPOLoop(MBPOLoop):
             self.drain()
 
     def end_epoch(self) -> Dict[str, Any]:
-        sched, st = self.state.schedule, self.state
+        st = self.state
         updates0, steps0 = self.epoch_updates_start
         record = super().end_epoch()
         steps = self.steps_with_updates(st.env_steps) - self.steps_with_updates(steps0)
         if steps > 0:
-            record["perf/updates_per_env_step"] = (sched["updates"] - updates0) / steps
-        record["perf/updates_per_env_step_total"] = sched["updates"] / max(1, self.steps_with_updates(st.env_steps))
+            record["perf/updates_per_env_step"] = (st.updates - updates0) / steps
+        record["perf/updates_per_env_step_total"] = st.updates / max(1, self.steps_with_updates(st.env_steps))
         record["perf/driver_wait_seconds"] = self.epoch_wait_seconds
-        self.epoch_updates_start = (sched["updates"], st.env_steps)
+        self.epoch_updates_start = (st.updates, st.env_steps)
         self.epoch_wait_seconds = 0.0
         return record
 

@@ -11,7 +11,7 @@ The loop position is the env step counter alone, so a run can stop after any ste
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from mbpo_ray.algos.records import EpochTimer, epoch_of, epoch_record, eval_seed
@@ -25,19 +25,24 @@ PHASES = ("env", "model", "rollout", "sac", "eval")
 
 @dataclass
 class LoopState:
+    """Where an MBPO loop is: what a checkpoint keeps of it."""
+
     env_steps: int = 0
     episode_returns: List[float] = field(default_factory=list)  # finished in this epoch
-    model_metrics: Dict[str, float] = field(default_factory=dict)
-    rollout_metrics: Dict[str, float] = field(default_factory=dict)
+    model_metrics: Dict[str, float] = field(default_factory=dict)  # the last fit's
+    rollout_metrics: Dict[str, float] = field(default_factory=dict)  # the last rollout batch's
     last_eval: Optional[float] = None
-    # Bookkeeping of schedules other than the step-by-step one (the overlapped schedule's).
-    schedule: Dict[str, Any] = field(default_factory=dict)
 
 
-class MBPOLoop:
+class LoopBase:
+    """What the step-by-step and the overlapped schedule share: the rollout sizes, the epoch's
+    record, the loop's state in a checkpoint. ``State``: the schedule's state class."""
+
+    State = LoopState
+
     def __init__(self, cfg: TrainConfig, runtime: Runtime, state: Optional[LoopState] = None):
         self.cfg, self.runtime = cfg, runtime
-        self.state = state or LoopState()
+        self.state = state or self.State()
         b = cfg.mbpo
         self.rollout_freq = b.rollout_freq or b.model_train_freq
         self.start_states_per_rollout = max(1, b.rollout_batch_size * self.rollout_freq // b.model_train_freq)
@@ -51,6 +56,39 @@ class MBPOLoop:
         b = self.cfg.mbpo
         return model_buffer_capacity(b.model_retain_epochs, b.epoch_length, b.model_train_freq,
                                      b.rollout_batch_size, k)
+
+    def end_epoch(self) -> Dict[str, Any]:
+        cfg, st = self.cfg, self.state
+        seed = eval_seed(cfg.seed, epoch_of(st.env_steps, cfg.mbpo.epoch_length), cfg.eval_episodes)
+        evaluation = self.timer.timed("eval", self.runtime.evaluate, cfg.eval_episodes, seed)
+        st.last_eval = evaluation["eval/return_mean"]
+        record = epoch_record(st.env_steps, cfg.mbpo.epoch_length, st.episode_returns, cfg.mbpo.init_random_steps)
+        record.update(self.runtime.agent_metrics())
+        record.update(st.model_metrics)
+        record.update(st.rollout_metrics)
+        if self.uses_model:
+            record.update(self.runtime.diagnostic_metrics())
+        record.update(evaluation)
+        record.update(self.runtime.runtime_metrics())
+        record.update(self.timer.perf(st.env_steps))
+        st.episode_returns = []
+        return record
+
+    def state_dict(self) -> Dict[str, Any]:
+        return asdict(self.state)
+
+    @classmethod
+    def state_from_dict(cls, d: Dict[str, Any]) -> LoopState:
+        """The state of a checkpoint (also of the releases that kept the overlapped schedule's
+        fields in a ``schedule`` dict)."""
+        d = dict(d)
+        d.update(d.pop("schedule", None) or {})
+        names = {f.name for f in fields(cls.State)}
+        return cls.State(**{k: v for k, v in d.items() if k in names})
+
+
+class MBPOLoop(LoopBase):
+    """The step-by-step schedule (the paper's Algorithm 2), over any ``Runtime``."""
 
     def step(self) -> Optional[Dict[str, Any]]:
         """One env step with everything the schedule puts before and after it. Returns the
@@ -96,27 +134,3 @@ class MBPOLoop:
         if self.state.env_steps % self.cfg.mbpo.epoch_length == 0 or self.state.env_steps == self.cfg.total_steps:
             return self.end_epoch()
         return None
-
-    def end_epoch(self) -> Dict[str, Any]:
-        cfg, st = self.cfg, self.state
-        seed = eval_seed(cfg.seed, epoch_of(st.env_steps, cfg.mbpo.epoch_length), cfg.eval_episodes)
-        evaluation = self.timer.timed("eval", self.runtime.evaluate, cfg.eval_episodes, seed)
-        st.last_eval = evaluation["eval/return_mean"]
-        record = epoch_record(st.env_steps, cfg.mbpo.epoch_length, st.episode_returns, cfg.mbpo.init_random_steps)
-        record.update(self.runtime.agent_metrics())
-        record.update(st.model_metrics)
-        record.update(st.rollout_metrics)
-        if self.uses_model:
-            record.update(self.runtime.diagnostic_metrics())
-        record.update(evaluation)
-        record.update(self.runtime.runtime_metrics())
-        record.update(self.timer.perf(st.env_steps))
-        st.episode_returns = []
-        return record
-
-    def state_dict(self) -> Dict[str, Any]:
-        return asdict(self.state)
-
-    @staticmethod
-    def state_from_dict(d: Dict[str, Any]) -> LoopState:
-        return LoopState(**d)

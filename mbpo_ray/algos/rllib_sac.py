@@ -68,6 +68,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from mbpo_ray.data.buffers import d_env_capacity
 from mbpo_ray.algos.records import EpochTimer, epoch_of, epoch_record, eval_seed
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.devices import resolve_device
@@ -166,7 +167,7 @@ def rllib_sac_config(cfg: TrainConfig, device: Optional[torch.device] = None,
             target_network_update_freq=0,
             grad_clip=None,
             replay_buffer_config={"type": "EpisodeReplayBuffer",
-                                  "capacity": min(s.replay_size, cfg.total_steps)},
+                                  "capacity": d_env_capacity(cfg)},
             num_steps_sampled_before_learning_starts=learning_starts(cfg),
             # calculate_rr_weights: G = training_intensity / (batch / fragment), rounded
             training_intensity=float(b.updates_per_step * s.batch_size / fragment),

@@ -10,19 +10,17 @@ preset, like ``--set`` (which in turn applies on top of the file). docs/hyperpar
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict
 
 import yaml
 
+from mbpo_ray.config.checks import flatten_sections
 from mbpo_ray.config.presets import check_env_id
-from mbpo_ray.config.schema import TrainConfig
 from mbpo_ray.errors import ConfigError
 
 PRESETS_KEY = "presets"
-SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.default_factory))
 
 
 @dataclass
@@ -36,16 +34,10 @@ class ConfigFile:
 def flatten(mapping: Dict[str, Any], where: str) -> Dict[str, Any]:
     """Nested sections to dotted names: {"mbpo": {"updates_per_step": 5}} -> {"mbpo.updates_per_step": 5}.
     Only a section's name opens a nested mapping; a mapping under any other key (env_kwargs) is a value."""
-    flat: Dict[str, Any] = {}
-    for key, value in mapping.items():
+    for key in mapping:
         if not isinstance(key, str):
             raise ConfigError(f"{where}: field names are strings, got {key!r}")
-        if key in SECTIONS and isinstance(value, dict):
-            for sub, sub_value in value.items():
-                flat[f"{key}.{sub}"] = sub_value
-        else:
-            flat[key] = value
-    return flat
+    return flatten_sections(mapping)
 
 
 def parse_config_file(data: Any, where: str) -> ConfigFile:

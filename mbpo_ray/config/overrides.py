@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from mbpo_ray.config.checks import is_integer, is_number
 from mbpo_ray.config.presets import ALGO_PRESETS, check_env_id, env_preset
 from mbpo_ray.config.schema import ALGOS, TrainConfig
 from mbpo_ray.config.validate import require, validate
@@ -87,11 +88,11 @@ def _coerce(dotted: str, value: Any, hint) -> Any:
             return value
         raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if not is_integer(value):
             raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise ConfigError(f"{dotted}: expected a number, got {value!r}")
         return float(value)
     if hint is str:

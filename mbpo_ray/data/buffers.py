@@ -105,6 +105,11 @@ def sample_mixed(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, real_
     return real.split(torch.cat([real.sample_rows(n_real), model.sample_rows(batch_size - n_real)]))
 
 
+def d_env_capacity(cfg) -> int:
+    """D_env holds every transition of the run, up to ``sac.replay_size`` (a TrainConfig)."""
+    return min(cfg.sac.replay_size, cfg.total_steps)
+
+
 def model_buffer_capacity(retain_epochs: int, epoch_length: int, model_train_freq: int,
                           rollout_batch_size: int, rollout_length: int) -> int:
     """D_model holds the rollouts of the last ``retain_epochs`` epochs: retain_epochs x

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from mbpo_ray.diagnostics.common import plt, write_outputs
-from mbpo_ray.diagnostics.options import BoundInputs, BoundParams, DiagnosticsError, check_bound_inputs
+from mbpo_ray.diagnostics.params import BoundInputs, BoundParams, DiagnosticsError, check_bound_inputs
 
 
 def full_rollout_penalty(eps_m: float, eps_pi: float, gamma: float, r_max: float) -> float:

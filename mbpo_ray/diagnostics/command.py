@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict
 
-from mbpo_ray.diagnostics.options import REPORT_ORDER, AnalyzeOptions, DiagnosticsError, parse_analyze
+from mbpo_ray.diagnostics.params import REPORT_ORDER, AnalyzeOptions, DiagnosticsError, parse_analyze
 
 
 def run_kind(kind: str, run, options: AnalyzeOptions) -> Dict[str, Any]:
@@ -62,7 +62,7 @@ def analyze(options: AnalyzeOptions) -> Dict[str, Any]:
         except DiagnosticsError as exc:
             results[kind] = {"numbers": None, "error": str(exc)}
             print(f"mbpo-ray analyze report: {kind} skipped: {exc}", file=sys.stderr)
-    from mbpo_ray.diagnostics.report import write_report
+    from mbpo_ray.diagnostics.page import write_report
 
     write_report(run, options.out, results)
     return results

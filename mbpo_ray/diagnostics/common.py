@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -12,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from mbpo_ray.atomic import replacing, write_atomic
 from mbpo_ray.envs import ActionScaler, get_env_state, make_env
 
 # Reset seeds of the analyses' real episodes: apart from training's (the run seed) and
@@ -50,13 +50,10 @@ def write_outputs(out: Path, kind: str, numbers: Dict[str, Any], fig) -> Dict[st
     """OUT/KIND.json (numbers) and OUT/KIND.png (fig), each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / f"{kind}.json", out / f"{kind}.png"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(numbers), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, json_path)
-    tmp = png_path.with_name(kind + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    write_atomic(json_path, json.dumps(_plain(numbers), indent=1, allow_nan=False) + "\n")
+    with replacing(png_path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt().close(fig)
-    os.replace(tmp, png_path)
     return {"json": json_path, "png": png_path}
 
 

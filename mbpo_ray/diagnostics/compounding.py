@@ -27,7 +27,7 @@ import torch
 
 from mbpo_ray.diagnostics.common import (loglinear_fit, obs_scale, plt, policy_actor, run_episodes,
                                          spread_evenly, write_outputs)
-from mbpo_ray.diagnostics.options import CompoundingParams, DiagnosticsError
+from mbpo_ray.diagnostics.params import CompoundingParams, DiagnosticsError
 from mbpo_ray.envs import ActionScaler, make_env, set_env_state
 from mbpo_ray.models.model_env import ModelEnv
 

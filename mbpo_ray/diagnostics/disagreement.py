@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mbpo_ray.diagnostics.common import plt, policy_actor, rank_correlation, run_episodes, write_outputs
-from mbpo_ray.diagnostics.options import DiagnosticsError, DisagreementParams
+from mbpo_ray.diagnostics.params import DiagnosticsError, DisagreementParams
 
 BINS = 5
 CHUNK = 512  # query rows per distance block (CHUNK x reference rows floats)

@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from mbpo_ray.data.buffers import d_env_capacity
 from mbpo_ray.diagnostics.common import plt, write_outputs
-from mbpo_ray.diagnostics.options import DiagnosticsError, FlowParams
+from mbpo_ray.diagnostics.params import DiagnosticsError, FlowParams
 
 PHASES = ("env", "model", "rollout", "sac", "eval")
 ACTOR_RATES = {"perf/collector_env_steps_per_s": "collector env steps/s",
@@ -118,7 +119,7 @@ def analyze_flow(run, out, params: FlowParams) -> Dict[str, Any]:
         }
     last = run.records[-1]
     buffers = {"d_env": min(last["env_steps"], cfg.sac.replay_size),
-               "d_env_capacity": min(cfg.sac.replay_size, cfg.total_steps),
+               "d_env_capacity": d_env_capacity(cfg),
                "d_model": next((r["rollout/model_buffer_size"] for r in reversed(run.records)
                                 if "rollout/model_buffer_size" in r), None)}
     numbers = {

@@ -14,7 +14,7 @@ import torch
 from mbpo_ray.agents.sac import SAC, TanhGaussianPolicy
 from mbpo_ray.config import TrainConfig
 from mbpo_ray.data.rows import RowLayout
-from mbpo_ray.diagnostics.options import DiagnosticsError
+from mbpo_ray.diagnostics.params import DiagnosticsError
 from mbpo_ray.envs import make_termination, prepare_config
 from mbpo_ray.errors import ConfigError, RunDirError
 from mbpo_ray.models.ensemble import ProbabilisticEnsemble

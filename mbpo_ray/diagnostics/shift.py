@@ -26,8 +26,8 @@ import torch
 
 from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
 from mbpo_ray.diagnostics.common import linear_fit, plt, policy_actor, run_episodes, write_outputs
-from mbpo_ray.diagnostics.live import elite_mse, gaussian_kl
-from mbpo_ray.diagnostics.options import DiagnosticsError, ShiftParams
+from mbpo_ray.live_metrics import elite_mse, gaussian_kl
+from mbpo_ray.diagnostics.params import DiagnosticsError, ShiftParams
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout, rollout_length_at
 

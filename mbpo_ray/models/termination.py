@@ -34,7 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from mbpo_ray.config import ModelConfig
-from mbpo_ray.nn import full_precision, make_adam
+from mbpo_ray.nn import cpu_weights, full_precision, make_adam
 
 
 # An epoch of the classifier: one pass over the training split in minibatches drawn with
@@ -194,7 +194,7 @@ class LearnedTermination:
 
     # --- weights (published by the Ray model trainer) and checkpoints ---
     def weights(self) -> Dict[str, Any]:
-        return {"classifier": {k: v.detach().cpu().clone() for k, v in self.classifier.state_dict().items()},
+        return {"classifier": cpu_weights(self.classifier),
                 "active": self.active}
 
     def load_weights(self, weights: Dict[str, Any]) -> None:

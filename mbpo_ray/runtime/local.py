@@ -8,8 +8,8 @@ import torch
 from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.config import TrainConfig
-from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
-from mbpo_ray.diagnostics.live import BehaviorLog, elite_mse
+from mbpo_ray.data.buffers import ReplayBuffer, d_env_capacity, sample_mixed
+from mbpo_ray.live_metrics import BehaviorLog, elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
@@ -39,8 +39,7 @@ class AgentRuntime:
         self.scaler = self.train_env.scaler
 
         self.agent = (make_agent or default_agent)(self.obs_dim, self.act_dim, cfg, device)
-        real_capacity = min(cfg.sac.replay_size, cfg.total_steps)
-        self.real_buffer = ReplayBuffer(self.obs_dim, self.act_dim, real_capacity, device)
+        self.real_buffer = ReplayBuffer(self.obs_dim, self.act_dim, d_env_capacity(cfg), device)
         self.metrics = MetricMean(self.agent.metric_names, device)
 
     # --- env ---
@@ -122,8 +121,7 @@ class AgentRuntime:
         self.agent.load_full_state_dict(state["agent"])
         self.real_buffer.load_state_dict(state["real_buffer"])
         # A resumed run may have been given more steps: D_env grows, it never drops data.
-        wanted = min(self.cfg.sac.replay_size, self.cfg.total_steps)
-        self.real_buffer.resize(max(wanted, self.real_buffer.capacity))
+        self.real_buffer.resize(max(d_env_capacity(self.cfg), self.real_buffer.capacity))
         self.train_env.load_state_dict(state)
         self.metrics.load_state_dict(state)
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from mbpo_ray.atomic import write_atomic
 from mbpo_ray.errors import ConfigError
-from mbpo_ray.runtime.ray.capacity import Capacity, autoscaling, cluster_capacity, fmt as _fmt
+from mbpo_ray.runtime.ray.capacity import Capacity, autoscaling, cluster_capacity, fmt as _fmt, total
 from mbpo_ray.tune.study import (ASHA_METRIC, ASHA_TIME_ATTR, STORAGE_SCHEMES, CellPlan, Study, StudyError,
-                                 dump_study, load_study, parse_yaml, resource_fields, study_from_yaml, total,
+                                 dump_study, load_study, parse_yaml, resource_fields, study_from_yaml,
                                  trial_table, validate_study)
 
 TUNE_FOLDER = "tune"
@@ -98,9 +99,7 @@ class StudyFolder:
     def write(self, name: str, text: str) -> None:
         if not self.is_uri:
             self.path.mkdir(parents=True, exist_ok=True)
-            tmp = self.path / (name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.path / name)
+            write_atomic(self.path / name, text)
             return
         fs, path = self._fs()
         fs.create_dir(path)

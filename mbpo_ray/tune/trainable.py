@@ -37,11 +37,12 @@ import numpy as np
 import ray
 from ray import tune
 
+from mbpo_ray.atomic import replacing
 from mbpo_ray.driver import GroupHook, TrainHook
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.seed_group import train_group
-from mbpo_ray.seeds import GroupDirectory
+from mbpo_ray.group_dir import GroupDirectory
 from mbpo_ray.train import train
 from mbpo_ray.tune.study import trial_bundles, trial_config
 from mbpo_ray.wandb_log import WandbLogger, WandbOptions, own_service, stable_run_id
@@ -63,14 +64,12 @@ def link_or_copy(src: Path, dst: Path) -> None:
     """``dst`` becomes ``src``'s content, atomically: a hard link where the filesystem allows it
     (neither file is ever modified in place: checkpoints are replaced, not rewritten), else a
     copy."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with replacing(dst) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 class TrialRuns:
@@ -168,8 +167,8 @@ class ArtifactMirror:
                     continue
                 dst = self.target / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dst.with_name(dst.name + ".tmp"))
-                os.replace(dst.with_name(dst.name + ".tmp"), dst)
+                with replacing(dst) as tmp:
+                    shutil.copyfile(path, tmp)
                 self.copied[str(rel)] = key
             except FileNotFoundError:  # a file W&B replaced meanwhile: the next sync takes it
                 continue

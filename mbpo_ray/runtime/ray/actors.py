@@ -17,15 +17,16 @@ import torch
 from mbpo_ray.agents.metrics import MetricMean
 from mbpo_ray.agents.sac import METRIC_NAMES, SAC, TanhGaussianPolicy
 from mbpo_ray.config import TrainConfig
-from mbpo_ray.data.buffers import ReplayBuffer, sample_mixed
+from mbpo_ray.data.buffers import ReplayBuffer, d_env_capacity, sample_mixed
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.devices import resolve_device
 from mbpo_ray.precision import autocast, choose_precision
-from mbpo_ray.diagnostics.live import elite_mse
+from mbpo_ray.live_metrics import elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.rollout import branched_rollout
 from mbpo_ray.models.termination import LearnedTermination
+from mbpo_ray.nn import cpu_weights
 
 
 def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
@@ -40,10 +41,6 @@ def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
 
 def set_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
-
-
-def policy_weights(policy: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
 
 
 def dims(cfg: TrainConfig) -> Tuple[int, int]:
@@ -143,7 +140,7 @@ class BufferActor(Role):
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int):
         torch.manual_seed(seed)
-        self.real = ReplayBuffer(obs_dim, act_dim, min(cfg.sac.replay_size, cfg.total_steps))
+        self.real = ReplayBuffer(obs_dim, act_dim, d_env_capacity(cfg))
         self.model = ReplayBuffer(obs_dim, act_dim, 1)
         self.real_added = 0
         self.model_added = 0
@@ -160,19 +157,21 @@ class BufferActor(Role):
         return True
 
     def add_env(self, rows: np.ndarray, ticket: Tuple[str, int]) -> Tuple[int, bool]:
-        """Store ``rows`` unless ``ticket`` was stored before; returns (rows ever added, stored)."""
-        if not self._first_time(ticket):
-            return self.real_added, False
-        self.real.add_rows(torch.from_numpy(rows))
-        self.real_added += rows.shape[0]
-        return self.real_added, True
+        """Store ``rows`` in D_env unless ``ticket`` was stored before; returns (rows ever added
+        to D_env, stored)."""
+        return self._add("real", rows, ticket)
 
     def add_model(self, rows: np.ndarray, ticket: Tuple[str, int]) -> Tuple[int, bool]:
-        if not self._first_time(ticket):
-            return self.model_added, False
-        self.model.add_rows(torch.from_numpy(rows))
-        self.model_added += rows.shape[0]
-        return self.model_added, True
+        """As ``add_env``, into D_model."""
+        return self._add("model", rows, ticket)
+
+    def _add(self, which: str, rows: np.ndarray, ticket: Tuple[str, int]) -> Tuple[int, bool]:
+        counter = f"{which}_added"
+        if self._first_time(ticket):
+            getattr(self, which).add_rows(torch.from_numpy(rows))
+            setattr(self, counter, getattr(self, counter) + rows.shape[0])
+            return getattr(self, counter), True
+        return getattr(self, counter), False
 
     def resize_model(self, capacity: int) -> None:
         self.model.resize(capacity)
@@ -271,7 +270,7 @@ class ModelTrainer(Role):
 
     def weights(self) -> Dict[str, Any]:
         out = {"version": self.version,
-               "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+               "model": cpu_weights(self.model)}
         if self.termination is not None:
             out["termination"] = self.termination.weights()
         return out
@@ -349,7 +348,7 @@ class Learner(Role):
         self.device = actor_device(cfg, gpus)
         self.precision = choose_precision(cfg.precision, self.device)
         self.agent = SAC(obs_dim, act_dim, cfg.sac, self.device)
-        self.real = ReplayBuffer(obs_dim, act_dim, min(cfg.sac.replay_size, cfg.total_steps), self.device)
+        self.real = ReplayBuffer(obs_dim, act_dim, d_env_capacity(cfg), self.device)
         self.model = ReplayBuffer(obs_dim, act_dim, 1, self.device)
         self.real_cursor = self.model_cursor = 0
         self.version = 0
@@ -386,7 +385,7 @@ class Learner(Role):
                 self.policy())
 
     def policy(self) -> Dict[str, Any]:
-        return {"version": self.version, "weights": policy_weights(self.agent.policy)}
+        return {"version": self.version, "weights": cpu_weights(self.agent.policy)}
 
     def agent_metrics(self) -> Dict[str, float]:
         return self.metrics.read()

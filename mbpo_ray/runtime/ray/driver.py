@@ -20,8 +20,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from mbpo_ray.data.buffers import d_env_capacity
 from mbpo_ray.agents.sac import TanhGaussianPolicy
-from mbpo_ray.diagnostics.live import BehaviorLog
+from mbpo_ray.live_metrics import BehaviorLog
 from mbpo_ray.envs import ActionScaler, make_env
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.runtime.base import Job
@@ -310,8 +311,8 @@ class RayRuntime:
         import ray
 
         # A resumed run may have been given more steps: D_env grows, it never drops data.
-        wanted = min(self.cfg.sac.replay_size, self.cfg.total_steps)
-        ray.get([self.buffer.load_state_dict.remote(state["buffer"]), self.buffer.grow_real.remote(wanted),
+        ray.get([self.buffer.load_state_dict.remote(state["buffer"]),
+                 self.buffer.grow_real.remote(d_env_capacity(self.cfg)),
                  self.learner.load_state_dict.remote(state["learner"]),
                  self.model_trainer.load_state_dict.remote(state["model_trainer"])])
         for collector, collector_state in zip(self.collectors, state["collectors"]):

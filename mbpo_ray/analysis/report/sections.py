@@ -1,383 +1,21 @@
-"""`mbpo-ray report DIR... [--out DIR]`: compare the runs found under study folders and run
-directories (docs/report.md says what every number means and how it is computed).
-
-Reading: every folder under each DIR that holds config.yaml and metrics.jsonl is a run directory
-(mbpo_ray.run_dir). A metrics file that cannot be read is an error naming the file and line,
-raised before anything is written. Runs that stopped before their config's total_steps, or have
-no checkpoint.pt, are listed in the report; only the first kind is left out of the statistics.
-
-Writing: report.md (figures as relative PNG links), report.html (figures embedded as base64 PNG,
-one self-contained file) and the PNGs, all rendered in memory and then moved into --out in one
-step, so an error never leaves a half-written report.
-"""
+"""The report's sections (docs/report.md): each computes its numbers from the runs with
+``mbpo_ray.analysis.stats`` and lays them out as blocks of the document."""
 from __future__ import annotations
 
-import base64
-import functools
-import html
-import io
 import json
 import math
-import os
 import re
-import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
-import yaml
 
 from mbpo_ray.analysis import stats
-from mbpo_ray.analysis.options import ReportError, ReportOptions
+from mbpo_ray.analysis.report.options import ReportError, ReportOptions
 from mbpo_ray.analysis.references import REFERENCES
-from mbpo_ray.config import ALGOS, SUPPORTED_ENVS, TrainConfig, to_dict
-from mbpo_ray.errors import RunDirError
-from mbpo_ray.run_dir import RunDirectory
-
-RETURN_KEY = "eval/return_mean"
-AXIS_LABELS = {
-    "env_steps": "env steps (uniform-random warm-up included)",
-    "learning_steps": "learning steps (env steps after the random warm-up: the MBPO paper's axis)",
-}
-# Config fields that change where or how fast a run goes, not what it computes: runs of one group
-# may differ in these without a note (the seed is what a group averages over).
-NON_EXPERIMENT_FIELDS = ("seed", "device", "torch_threads", "checkpoint_every_epochs", "keep_checkpoints_every",
-                         "ray.address", "ray.object_store_mb", "ray.worker_node_resource", "ray.learner_node_resource",
-                         "ray.max_actor_restarts")
-REPORT_FILES = ("report.md", "report.html")
-PROFILE_CHUNK = 1000  # bootstrap replicates per chunk of the performance-profile bands (memory)
-
-
-# --- reading ----------------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    path: Path
-    env: str  # env_id, followed by its env_kwargs when it has any
-    env_id: str
-    algo: str
-    seed: int
-    total_steps: int
-    config: Dict[str, Any]
-    records: List[Dict[str, Any]]
-    has_checkpoint: bool
-    group: str = ""
-    problem: Optional[str] = None  # why the run is left out of the statistics
-    x: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    y: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    final: float = math.nan
-
-    @property
-    def steps_done(self) -> int:
-        return self.records[-1]["env_steps"] if self.records else 0
-
-    @property
-    def used(self) -> bool:
-        return self.problem is None
-
-
-def _looks_like_run_config(path: Path) -> bool:
-    """A config.yaml without metrics.jsonl counts as a run that has written no record yet when it is
-    a mapping with env_id and algo (other tools' config.yaml files are not)."""
-    try:
-        flat = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(flat, dict) and "env_id" in flat and "algo" in flat
-
-
-# Folders inside a run directory that other tools write and that are never run directories
-# themselves: W&B's (an online run keeps the run's config in wandb/run-*/files/config.yaml).
-NOT_RUN_FOLDERS = ("wandb",)
-
-
-def find_run_dirs(dirs: Sequence[Path]) -> List[Path]:
-    """Every run directory under each of ``dirs`` (a DIR that is one counts too), each once;
-    nothing inside a ``NOT_RUN_FOLDERS`` folder."""
-    found: Dict[Path, None] = {}
-    for top in dirs:
-        for config in sorted(Path(top).rglob("config.yaml")):
-            folder = config.parent
-            if any(part in NOT_RUN_FOLDERS for part in folder.relative_to(top).parts):
-                continue
-            if (folder / "metrics.jsonl").is_file() or _looks_like_run_config(config):
-                found.setdefault(folder.resolve(), None)
-    return list(found)
-
-
-def _line_numbers(path: Path) -> List[int]:
-    """The line number of each record (non-blank line) of a metrics file."""
-    with open(path) as f:
-        return [i for i, line in enumerate(f, 1) if line.strip()]
-
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def read_records(run_dir: RunDirectory) -> List[Dict[str, Any]]:
-    """The records of a metrics file, checked: each a JSON object with an integer env_steps that
-    grows from record to record, and a finite eval/return_mean where it has one. ReportError
-    naming the file and line otherwise."""
-    path = run_dir.metrics_path
-    try:
-        records = run_dir.read_metrics()
-    except json.JSONDecodeError:
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ReportError(f"{path}: line {number} is not valid JSON ({exc.msg}); "
-                                          f"the metrics file is corrupt") from None
-        raise ReportError(f"{path}: not valid JSON; the metrics file is corrupt") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
-    lines = _line_numbers(path) if records else []
-    previous = -1
-    for record, number in zip(records, lines):
-        where = f"{path}: line {number}"
-        if not isinstance(record, dict):
-            raise ReportError(f"{where} is not a JSON object; the metrics file is corrupt")
-        steps = record.get("env_steps")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ReportError(f"{where} has no env_steps count (a whole number >= 0); the metrics file is corrupt")
-        if steps <= previous:
-            raise ReportError(f"{where}: env_steps {steps} does not follow {previous} (records out of order "
-                              f"or repeated); the metrics file is corrupt")
-        previous = steps
-        if RETURN_KEY in record and not _finite_number(record[RETURN_KEY]):
-            raise ReportError(f"{where}: {RETURN_KEY} is {record[RETURN_KEY]!r}, not a finite number; "
-                              f"the metrics file is corrupt")
-    return records
-
-
-@functools.lru_cache(maxsize=1)
-def _default_fields() -> Dict[str, Any]:
-    return to_dict(TrainConfig())
-
-
-def load_run(path: Path) -> Run:
-    run_dir = RunDirectory(path)
-    try:
-        cfg = run_dir.load_config()  # checks every field
-    except RunDirError as exc:
-        raise ReportError(str(exc)) from None
-    # The fields as config.yaml has them (flat), a field it lacks (written before the field existed)
-    # at its default, as load_config reads it: cheaper than to_dict(cfg) once per run.
-    flat = {**_default_fields(), **yaml.safe_load(run_dir.config_path.read_text())}
-    kwargs = getattr(cfg, "env_kwargs", None) or {}
-    env = cfg.env_id + (" " + json.dumps(kwargs, sort_keys=True) if kwargs else "")
-    return Run(path=Path(path), env=env, env_id=cfg.env_id, algo=cfg.algo, seed=cfg.seed,
-               total_steps=cfg.total_steps, config=flat, records=read_records(run_dir),
-               has_checkpoint=run_dir.checkpoint_path.is_file())
-
-
-def _curve(run: Run, x_axis: str) -> Tuple[np.ndarray, np.ndarray]:
-    """The run's evaluations against the chosen axis; of several records at one x (the warm-up's
-    records all have learning_steps 0) the last one stands."""
-    points: Dict[int, float] = {}
-    for record in run.records:
-        if RETURN_KEY not in record:
-            continue
-        x = record.get(x_axis)
-        if not isinstance(x, int) or isinstance(x, bool) or x < 0:
-            raise ReportError(f"{run.path / 'metrics.jsonl'}: a record at env_steps {record['env_steps']} has no "
-                              f"{x_axis} (records written before that key existed); use --x env_steps")
-        points[x] = float(record[RETURN_KEY])
-    xs = np.array(sorted(points), dtype=float)
-    return xs, np.array([points[int(x)] for x in xs], dtype=float)
-
-
-def prepare_run(run: Run, options: ReportOptions) -> None:
-    """Decide whether the run is used; for a used run, its curve and final score."""
-    if not run.records:
-        run.problem = f"no records yet (0 of {run.total_steps:,} env steps)"
-    elif run.steps_done < run.total_steps:
-        run.problem = f"stopped at {run.steps_done:,} of {run.total_steps:,} env steps"
-    elif not any(RETURN_KEY in r for r in run.records):
-        run.problem = f"no {RETURN_KEY} in its records"
-    if run.problem is None:
-        run.x, run.y = _curve(run, options.x_axis)
-        evals = [r[RETURN_KEY] for r in run.records if RETURN_KEY in r]
-        run.final = float(np.mean(evals[-options.final_window:]))
-
-
-def group_label(run: Run, group_by: Sequence[str]) -> str:
-    """``algo[-label] [field=value ...]``: the label is a study's variant (docs/sweeps.md)."""
-    parts = [f"{name}={_format_value(run.config.get(name))}" for name in group_by]
-    label = run.config.get("label")
-    return " ".join([run.algo + (f"-{label}" if label else "")] + parts)
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_format_value(v) for v in value) + "]"
-    return "null" if value is None else str(value)
-
-
-# --- formatting ---------------------------------------------------------------------------------------
-
-def fmt_return(v: float) -> str:
-    if not math.isfinite(v):
-        return "n/a"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
-
-
-def fmt_steps(v: float) -> str:
-    return f"{v:,.0f}" if math.isfinite(v) else "not reached"
-
-
-def fmt2(v: float) -> str:
-    return f"{v:.2f}" if math.isfinite(v) else "n/a"
-
-
-def fmt_ratio(v: float) -> str:
-    return f"{v:.2f}" if math.isfinite(v) else "not reached"
-
-
-def fmt_interval(point: float, lo: float, hi: float, fmt=fmt2) -> str:
-    return f"{fmt(point)} [{fmt(lo)}, {fmt(hi)}]"
-
-
-def _ordered_envs(envs) -> List[str]:
-    def key(env: str):
-        env_id = env.split(" ")[0]
-        return (SUPPORTED_ENVS.index(env_id) if env_id in SUPPORTED_ENVS else len(SUPPORTED_ENVS), env)
-    return sorted(set(envs), key=key)
-
-
-def _ordered_groups(runs: Sequence[Run]) -> List[str]:
-    algo_of = {r.group: r.algo for r in runs}
-    return sorted(algo_of, key=lambda g: (ALGOS.index(algo_of[g]) if algo_of[g] in ALGOS else len(ALGOS), g))
-
-
-def _display_path(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive (Windows)
-        return str(path)
-
-
-# --- the document ---------------------------------------------------------------------------------
-
-@dataclass
-class Table:
-    id: str
-    header: List[str]
-    rows: List[List[str]]
-
-
-@dataclass
-class Figure:
-    id: str
-    filename: str
-    caption: str
-    png: bytes
-
-
-Block = Tuple[str, Any]  # ("h1" | "h2" | "p", text), ("table", Table), ("figure", Figure), ("list", [text])
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(blocks: Sequence[Block]) -> str:
-    out: List[str] = []
-    for kind, item in blocks:
-        if kind == "h1":
-            out.append(f"# {item}\n")
-        elif kind == "h2":
-            out.append(f"## {item}\n")
-        elif kind == "p":
-            out.append(f"{item}\n")
-        elif kind == "list":
-            out.append("".join(f"- {line}\n" for line in item))
-        elif kind == "table":
-            out.append("| " + " | ".join(_md_cell(h) for h in item.header) + " |\n"
-                       + "|" + "---|" * len(item.header) + "\n"
-                       + "".join("| " + " | ".join(_md_cell(c) for c in row) + " |\n" for row in item.rows))
-        elif kind == "figure":
-            out.append(f"![{item.caption}]({item.filename})\n\n*{item.caption}*\n")
-    return "\n".join(out)
-
-
-_CODE = re.compile(r"`([^`]+)`")
-
-
-def _inline_html(text: str) -> str:
-    return _CODE.sub(r"<code>\1</code>", html.escape(text, quote=False))
-
-
-_STYLE = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1250px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
-h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: .8em 0 1.2em; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 4px 9px; text-align: left; vertical-align: top; }
-th { background: #eef1f5; }
-tr:nth-child(even) td { background: #fafbfc; }
-figure { margin: 1em 0 1.5em; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 14px; color: #555; }
-code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; }
-"""
-
-
-def render_html(blocks: Sequence[Block], title: str) -> str:
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           f"<title>{html.escape(title)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>"]
-    for kind, item in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{_inline_html(item)}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline_html(item)}</p>")
-        elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{_inline_html(line)}</li>" for line in item) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{_inline_html(h)}</th>" for h in item.header)
-            body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>"
-                           for row in item.rows)
-            out.append(f'<table id="{item.id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
-        elif kind == "figure":
-            data = base64.b64encode(item.png).decode("ascii")
-            out.append(f'<figure id="{item.id}"><img src="data:image/png;base64,{data}" '
-                       f'alt="{html.escape(item.caption)}" data-file="{html.escape(item.filename)}">'
-                       f"<figcaption>{_inline_html(item.caption)}</figcaption></figure>")
-    out += ["</body>", "</html>", ""]
-    return "\n".join(out)
-
-
-# --- plots ------------------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    _pyplot().close(fig)
-    return buf.getvalue()
-
-
-def _colors(groups: Sequence[str]) -> Dict[str, Any]:
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10")
-    return {g: cmap(i % 10) for i, g in enumerate(groups)}
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+from mbpo_ray.analysis.report.document import (Block, Figure, Table, display_path, fmt2, fmt_interval,
+                                               fmt_ratio, fmt_return, fmt_steps, group_colors, ordered_envs, ordered_groups,
+                                               png_bytes, pyplot, safe_name)
+from mbpo_ray.analysis.report.runs import AXIS_LABELS, NON_EXPERIMENT_FIELDS, PROFILE_CHUNK, RETURN_KEY, Run
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -389,8 +27,8 @@ class Report:
         self.options = options
         self.runs = runs
         self.used = [r for r in runs if r.used]
-        self.groups = _ordered_groups(self.used)
-        self.envs = _ordered_envs(r.env for r in self.used)
+        self.groups = ordered_groups(self.used)
+        self.envs = ordered_envs(r.env for r in self.used)
         self.cells: Dict[Tuple[str, str], List[Run]] = {}
         for run in self.used:
             self.cells.setdefault((run.group, run.env), []).append(run)
@@ -411,7 +49,7 @@ class Report:
         for env in options.thresholds:
             if env not in {r.env for r in runs}:
                 raise ReportError(f"--threshold {env}=...: no run on {env}; the envs: "
-                                  f"{', '.join(_ordered_envs(r.env for r in runs)) or 'none'}")
+                                  f"{', '.join(ordered_envs(r.env for r in runs)) or 'none'}")
         self.notes: List[str] = []
         self.figures: List[Figure] = []
         self.aggregates: Dict[Tuple[str, str], Tuple[float, float, float]] = {}
@@ -476,8 +114,8 @@ class Report:
                                   f"{self.options.x_axis}); their final scores are at different budgets.")
 
     def curves_section(self) -> List[Block]:
-        plt = _pyplot()
-        colors = _colors(self.groups)
+        plt = pyplot()
+        colors = group_colors(self.groups)
         blocks: List[Block] = [("h2", "Learning curves"), (
             "p", f"Mean `{RETURN_KEY}` over seeds against {AXIS_LABELS[self.options.x_axis]}, with a "
                  f"{self.level_pct()} bootstrap band of that mean (seeds resampled as whole curves; a single "
@@ -504,8 +142,8 @@ class Report:
             ax.grid(alpha=0.3)
             ax.legend(loc="best", fontsize=9)
             fig.tight_layout()
-            blocks.append(self.figure(f"curve-{_safe_name(env)}", f"curve_{_safe_name(env)}.png",
-                                      f"{env}: eval return against {self.options.x_axis}", _png(fig)))
+            blocks.append(self.figure(f"curve-{safe_name(env)}", f"curve_{safe_name(env)}.png",
+                                      f"{env}: eval return against {self.options.x_axis}", png_bytes(fig)))
         return blocks
 
     def figure(self, fid: str, filename: str, caption: str, png: bytes) -> Block:
@@ -574,8 +212,8 @@ class Report:
                          f"(each env's runs resampled with replacement, {self.options.reps:,} replicates, "
                          f"percentile method). Higher is better except for the optimality gap."),
                    ("table", Table("aggregates", ["group", "runs"] + [n for n, _ in stats.AGGREGATES], rows))]
-        plt = _pyplot()
-        colors = _colors(self.groups)
+        plt = pyplot()
+        colors = group_colors(self.groups)
         fig, axes = plt.subplots(1, len(stats.AGGREGATES), figsize=(12.5, 0.6 * len(self.groups) + 1.6),
                                  sharey=True)
         for ax, (name, _) in zip(axes, stats.AGGREGATES):
@@ -592,7 +230,7 @@ class Report:
         fig.tight_layout()
         blocks.append(self.figure("aggregates", "aggregates.png",
                                   f"Aggregates of normalised final scores with {self.level_pct()} stratified "
-                                  f"bootstrap intervals (bar) and point estimates (black)", _png(fig)))
+                                  f"bootstrap intervals (bar) and point estimates (black)", png_bytes(fig)))
         return blocks
 
     def profile_section(self) -> List[Block]:
@@ -606,8 +244,8 @@ class Report:
         lo_tau, hi_tau = min(0.0, float(every.min())), max(1.0, float(every.max()))
         pad = 0.02 * (hi_tau - lo_tau)
         taus = np.linspace(lo_tau - pad, hi_tau + pad, 201)
-        plt = _pyplot()
-        colors = _colors(self.groups)
+        plt = pyplot()
+        colors = group_colors(self.groups)
         fig, ax = plt.subplots(figsize=(8, 4.6))
         for group in self.groups:
             profile = stats.score_distribution(tasks[group], taus)
@@ -629,7 +267,7 @@ class Report:
                          "(per env, then averaged over envs), as in Agarwal et al. 2021. A curve that lies above "
                          "another everywhere is better at every level."),
                    self.figure("profiles", "profiles.png", "Performance profiles of normalised final scores",
-                               _png(fig))]
+                               png_bytes(fig))]
         return blocks
 
     def comparisons(self) -> List[Tuple[str, str]]:
@@ -668,7 +306,7 @@ class Report:
                          f"meaningful improvement."),
                    ("table", Table("improvement", ["X", "Y", "envs", "P(X > Y)", "per env"], rows))]
         if estimates:
-            plt = _pyplot()
+            plt = pyplot()
             fig, ax = plt.subplots(figsize=(8, 0.5 * len(estimates) + 1.4))
             for i, (label, point, lo, hi) in enumerate(estimates):
                 ax.barh(i, max(hi - lo, 0.004), left=lo, height=0.6, color="tab:blue", alpha=0.6)
@@ -683,7 +321,7 @@ class Report:
             fig.tight_layout()
             blocks.append(self.figure("improvement", "improvement.png",
                                       f"Probability of improvement with {self.level_pct()} bootstrap intervals",
-                                      _png(fig)))
+                                      png_bytes(fig)))
         return blocks
 
     def thresholds_section(self) -> List[Block]:
@@ -765,8 +403,8 @@ class Report:
 
     def runs_section(self) -> List[Block]:
         rows = []
-        for env in _ordered_envs(r.env for r in self.runs):
-            for group in _ordered_groups([r for r in self.runs if r.env == env]):
+        for env in ordered_envs(r.env for r in self.runs):
+            for group in ordered_groups([r for r in self.runs if r.env == env]):
                 found = [r for r in self.runs if r.env == env and r.group == group]
                 used = [r for r in found if r.used]
                 rows.append([env, group, str(len(found)), str(len(used)),
@@ -783,7 +421,7 @@ class Report:
                                 "records reach total_steps is used even without a checkpoint (it cannot be "
                                 "resumed, but its metrics are complete); a run that stopped early is left out of "
                                 "every statistic and plot."))
-            rows = [[_display_path(r.path), r.group, r.env, str(r.seed), f"{r.steps_done:,} / {r.total_steps:,}",
+            rows = [[display_path(r.path), r.group, r.env, str(r.seed), f"{r.steps_done:,} / {r.total_steps:,}",
                      "yes" if r.has_checkpoint else "no",
                      r.problem or "no checkpoint.pt", "yes" if r.used else "no"]
                     for r in sorted(incomplete, key=lambda r: str(r.path))]
@@ -845,72 +483,3 @@ class Report:
                                                           if self.options.group_by else "")
                     + ". What each number means: docs/report.md.")
         return [("h1", "mbpo-ray report"), ("p", " ".join(self.headline())), ("p", settings)] + body
-
-
-# --- entry point --------------------------------------------------------------------------------------
-
-def check_out(out: Path) -> None:
-    """--out must be new, empty, or hold a previous report (which is replaced) and nothing else."""
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out} exists and is not a directory")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir()
-                   if not (p.is_file() and (p.name in REPORT_FILES or p.suffix == ".png"))]
-        if foreign:
-            raise ReportError(f"--out {out} holds files that are not a report ({', '.join(sorted(foreign)[:3])}); "
-                              f"choose a new or empty folder, or one with an earlier report")
-
-
-def load_runs(options: ReportOptions) -> List[Run]:
-    paths = find_run_dirs(options.dirs)
-    if not paths:
-        raise ReportError(f"no run directories (folders with config.yaml and metrics.jsonl) under "
-                          f"{', '.join(str(d) for d in options.dirs)}")
-    out = options.out.resolve()
-    runs = [load_run(p) for p in paths if out not in (p, *p.parents)]
-    for run in runs:
-        run.group = group_label(run, options.group_by)
-        prepare_run(run, options)
-    return runs
-
-
-def write_files(out: Path, files: Dict[str, bytes]) -> None:
-    """Write ``files`` into a fresh folder beside ``out``, then put it in out's place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def make_report(options: ReportOptions) -> Path:
-    """Read the runs, compute and write the report; returns the report folder."""
-    check_out(options.out)
-    runs = load_runs(options)
-    report = Report(runs, options)
-    blocks = report.blocks()
-    files = {f.filename: f.png for f in report.figures}
-    files["report.md"] = render_markdown(blocks).encode()
-    files["report.html"] = render_html(blocks, "mbpo-ray report").encode()
-    write_files(options.out, files)
-    return options.out
-
-
-def run_report(args) -> int:
-    """The `report` subcommand (mbpo_ray/cli.py)."""
-    from mbpo_ray.analysis.options import parse_options
-
-    options = parse_options(args)
-    out = make_report(options)
-    pngs = sorted(p.name for p in out.glob("*.png"))
-    print(f"mbpo-ray report: wrote {out / 'report.md'}, {out / 'report.html'} and {len(pngs)} figure(s)")
-    return 0

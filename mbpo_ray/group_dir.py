@@ -1,14 +1,16 @@
-"""Seed lists and seed-group directories (`mbpo-ray train --seeds`, docs/seed_groups.md): what
-the command line checks before torch is imported; the training is mbpo_ray.seed_group's."""
+"""A seed group's directory (as run_dir.py is a run's) and its seed lists (`mbpo-ray train --seeds`,
+docs/seed_groups.md): what the command line checks before torch is imported; the training is
+mbpo_ray.seed_group's."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List
 
 import yaml
 
+from mbpo_ray.atomic import temporary_beside, write_atomic
 from mbpo_ray.config import TrainConfig, to_dict
+from mbpo_ray.config.validate import SEED_LIMIT
 from mbpo_ray.errors import ConfigError, RunDirError
 from mbpo_ray.run_dir import RunDirectory
 
@@ -36,7 +38,7 @@ def parse_seeds(spec: str) -> List[int]:
         raise ConfigError(f"--seeds {spec!r}: a seed appears twice")
     if not 2 <= len(seeds) <= MAX_SEEDS:
         raise ConfigError(f"--seeds {spec!r}: a group has 2 to {MAX_SEEDS} seeds (one seed: --seed)")
-    if any(not 0 <= s < 2 ** 32 for s in seeds):
+    if any(not 0 <= s < SEED_LIMIT for s in seeds):
         raise ConfigError(f"--seeds {spec!r}: seeds must be in [0, 2**32)")
     return seeds
 
@@ -85,9 +87,7 @@ class GroupDirectory:
         is written and each new checkpoint takes its old one's place. A process killed at any
         point leaves a group that ``finish_interrupted_save`` brings to all-old (before the
         commit file exists) or all-new (after)."""
-        tmp = self.commit_file.with_name(COMMIT_FILE + ".tmp")
-        tmp.write_text(yaml.safe_dump({"seeds": list(seeds)}))
-        os.replace(tmp, self.commit_file)
+        write_atomic(self.commit_file, yaml.safe_dump({"seeds": list(seeds)}))
         for seed in seeds:
             self.lane(seed).commit_checkpoint()
         self.commit_file.unlink()
@@ -101,7 +101,7 @@ class GroupDirectory:
             self.commit_file.unlink()
         for seed in self.seeds():
             for leftover in (self.lane(seed).staged_checkpoint_path,
-                             self.lane(seed).staged_checkpoint_path.with_name("checkpoint.pt.next.tmp")):
+                             temporary_beside(self.lane(seed).staged_checkpoint_path)):
                 if leftover.is_file():
                     leftover.unlink()
 

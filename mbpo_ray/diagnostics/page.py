@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from mbpo_ray.atomic import write_atomic
 
 TITLES = {
     "flow": "Data flow and measured rates",
@@ -122,7 +123,5 @@ def write_report(run, out: Path, results: Dict[str, Dict[str, Any]]) -> Path:
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n{head}\n{toc}\n{body}\n</body></html>\n")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
-    tmp = path.with_name("report.html.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_atomic(path, page)
     return path
