@@ -488,3 +488,23 @@ def test_the_torch_floor_is_the_version_ci_tests():
     (pinned,) = re.findall(r"^torch==([\d.]+)$", (REPO / "constraints-cpu.txt").read_text(), re.M)
     as_tuple = lambda v: tuple(int(x) for x in v.split("."))[:2]
     assert as_tuple(floor) == as_tuple(pinned), (floor, pinned)
+
+
+def test_the_layouts_name_every_module_and_package():
+    """docs/architecture.md's layout names every module and subpackage of mbpo_ray (and of its
+    subpackages); the README's names every subpackage and top-level module."""
+    layout = (REPO / "docs" / "architecture.md").read_text()
+    layout = layout[layout.index("## Layout"):layout.index("## Import rules")]
+    readme = (REPO / "README.md").read_text()
+    readme = readme[readme.index("## Layout"):readme.index("## Documentation")]
+    missing, missing_readme = [], []
+    for path in sorted((REPO / PACKAGE).rglob("*")):
+        if "__pycache__" in path.parts or path.name == "__init__.py" or not (path.is_dir() or path.suffix == ".py"):
+            continue
+        name = path.name + ("/" if path.is_dir() else "")
+        if name not in layout:
+            missing.append(str(path.relative_to(REPO)))
+        top_level = path.parent == REPO / PACKAGE
+        if top_level and name not in readme and path.name != "__main__.py":
+            missing_readme.append(str(path.relative_to(REPO)))
+    assert missing == [] and missing_readme == []

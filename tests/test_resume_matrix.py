@@ -202,7 +202,7 @@ def test_resume_keeps_the_documented_guarantee(case, tiny_config, tmp_path, requ
         assert max(episode_lengths) > 0, "no stop fell inside an episode"  # see the module docstring
     stopped_at = part.env_steps
     resumed = train(b.load_config(), str(b.path), resume=True, progress=False)
-    assert resumed.completed and resumed.env_steps == total
+    assert resumed.completed and resumed.env_steps == total and b.curve_path.exists()
 
     # every case: the same epochs, once each, and all N transitions in D_env
     b_records = b.read_metrics()
