@@ -1,35 +1,7 @@
-import os
-
 import pytest
 import torch
 
 from mbpo_ray.config import make_config
-
-# --- how `make test` spreads the suite over the cores (pytest-xdist, --dist loadgroup) ------------
-# Each module runs whole on one worker, so that its module-scoped fixtures (a Ray instance, a
-# trained run, a study) are made once. The modules that start Ray on the fixed port 6379 (Ray's
-# cluster_utils, the rehearsal's fake autoscaler) share a worker, one after the other. The
-# longest modules are handed out first, so that no long one starts last.
-FIXED_PORT_MODULES = ("test_multinode", "test_rehearsal")
-LONGEST_FIRST = ("test_training", "test_multinode", "test_rehearsal", "test_ray_runtime", "test_any_env",
-                 "test_sweep", "test_rllib_sac", "test_resume_matrix", "test_seed_groups", "test_steve",
-                 "test_pets", "test_algorithms", "test_precision")
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # two workers on two cores: one torch thread each, or they oversubscribe the cores
-    torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config, items):
-    def module(item):
-        return item.module.__name__.rpartition(".")[2]
-
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            name = module(item)
-            item.add_marker(pytest.mark.xdist_group("ray_port_6379" if name in FIXED_PORT_MODULES else name))
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: order within a module kept
 
 
 def tiny_overrides(**extra):
