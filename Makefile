@@ -28,7 +28,7 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/mbpo-ray train --env InvertedPendulum-v5 --steps $(STEPS) --seed $(SEED) --out $(OUT)
 
-# Every test: the Ray tests and the others side by side (tests/run_all.sh says why).
+# Every test: the Ray tests (in two parts) and the others side by side (tests/run_all.sh says why).
 test: install
 	PYTHON=$(BIN)/python tests/run_all.sh
 

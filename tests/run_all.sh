@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
-# `make test`: the whole suite as two pytest processes side by side, so that a 2-core machine is
-# busy while Ray starts actors and waits on them: the tests that start Ray, Tune or RLlib (marker
-# `ray`; one Ray instance at a time, as several of them use Ray's fixed port 6379) and all the
-# others. The others report as they run; the Ray tests' report follows. The exit status is the
-# first failing part's (0 when both pass). Arguments go to both pytest commands.
+# `make test`: the whole suite as three pytest processes side by side, so that a 2-core machine is
+# busy while Ray starts actors and waits on them:
+#   - the tests that start Ray, Tune or RLlib on Ray's fixed port 6379 (test_multinode's
+#     cluster_utils, the rehearsal's fake autoscaler), one after another;
+#   - the other tests that start Ray (marker `ray`; each its own local instance);
+#   - all the others, which report as they run; the Ray parts' reports follow.
+# The exit status is the first failing part's (0 when all pass). Arguments go to every part.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-log=$(mktemp)
-"$PY" -m pytest -q -m ray --durations=10 "$@" tests >"$log" 2>&1 &
+FIXED_PORT=(tests/test_multinode.py tests/test_rehearsal.py)
+fixed_log=$(mktemp)
+ray_log=$(mktemp)
+"$PY" -m pytest -q -m ray --durations=5 "$@" "${FIXED_PORT[@]}" >"$fixed_log" 2>&1 &
+fixed_pid=$!
+"$PY" -m pytest -q -m ray --durations=5 "${FIXED_PORT[@]/#/--ignore=}" "$@" tests >"$ray_log" 2>&1 &
 ray_pid=$!
-trap 'kill "$ray_pid" 2>/dev/null; rm -f "$log"; exit 130' INT TERM
+trap 'kill "$fixed_pid" "$ray_pid" 2>/dev/null; rm -f "$fixed_log" "$ray_log"; exit 130' INT TERM
 "$PY" -m pytest -q -m "not ray" --durations=10 "$@" tests
 others=$?
 wait "$ray_pid"
 ray=$?
+wait "$fixed_pid"
+fixed=$?
 echo
 echo "=== tests that start Ray (pytest -m ray) ==="
-cat "$log"
-rm -f "$log"
-# pytest's 5: no test selected (arguments that select none of one part)
-[ "$others" -eq 5 ] && others=0
-[ "$ray" -eq 5 ] && ray=0
-[ "$others" -ne 0 ] && exit "$others"
-exit "$ray"
+cat "$ray_log"
+echo
+echo "=== tests that start Ray on port 6379 (pytest -m ray ${FIXED_PORT[*]}) ==="
+cat "$fixed_log"
+rm -f "$fixed_log" "$ray_log"
+status=0
+for part in "$others" "$ray" "$fixed"; do
+    # pytest's 5: no test selected (arguments that select none of this part)
+    if [ "$part" -ne 0 ] && [ "$part" -ne 5 ] && [ "$status" -eq 0 ]; then
+        status=$part
+    fi
+done
+exit "$status"
