@@ -154,3 +154,28 @@ def test_rehearsal_of_the_kuberay_raycluster_groups(tmp_path):
     assert study["storage_shared"] is True
     assert [k.name for k in node_kinds(yaml.safe_load((REPO / "cluster" / "kuberay" / "raycluster.yaml").read_text()))] \
         == ["head", "gpu", "cpu"]
+
+
+def test_stopping_a_rehearsal_cluster_stops_its_processes_and_no_others():
+    # `ray stop` would stop every Ray instance of the machine (a user's, another test's): the
+    # rehearsal stops the processes that carry its cluster's id only
+    import os
+    import subprocess
+    import sys
+
+    def spawn(value):
+        env = {**os.environ, fake_cluster.CLUSTER_ID_VARIABLE: value}
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+
+    ours, other = spawn("ours"), spawn("other")
+    try:
+        for _ in range(50):  # the children have started once their environment is readable
+            if fake_cluster.processes_with(fake_cluster.CLUSTER_ID_VARIABLE, "other"):
+                break
+        fake_cluster.stop_processes(fake_cluster.CLUSTER_ID_VARIABLE, "ours", grace_s=5)
+        assert ours.wait(timeout=10) is not None
+        assert other.poll() is None
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()

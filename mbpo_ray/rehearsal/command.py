@@ -44,6 +44,7 @@ from mbpo_ray.rehearsal.fake_cluster import HEAD_NODE_ID
 from mbpo_ray.errors import ConfigError
 
 STORAGE_KINDS = ("local", "nfs", "s3")
+SUBMIT_RETRY_S = 60  # how long a submission refused with "try again later" is retried
 DEFAULT_STUDY = "tune_configs/cluster.yaml"
 BUCKET = "mbpo-rehearsal"
 LEARNER_ACTORS = ("Learner", "ModelTrainer", "BufferActor")
@@ -267,9 +268,16 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
             job_id = f"mbpo-rehearsal-{int(time.time())}"
             command = [_ray(), "job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, "--no-wait",
                        "--", "mbpo-ray", "sweep", str(scaled), "--out", state["out"]]
-            result = subprocess.run(command, capture_output=True, text=True, env=cluster.env, timeout=120)
+            deadline = time.monotonic() + SUBMIT_RETRY_S
+            while True:
+                result = subprocess.run(command, capture_output=True, text=True, env=cluster.env, timeout=120)
+                output = (result.stderr or result.stdout).strip()
+                # the head's job agent comes up a little after the dashboard: Ray says "try again later"
+                if result.returncode == 0 or "try again later" not in output or time.monotonic() > deadline:
+                    break
+                time.sleep(2.0)
             if result.returncode != 0:
-                raise ConfigError(f"ray job submit failed: {(result.stderr or result.stdout).strip()[-300:]}")
+                raise ConfigError(f"ray job submit failed: {output[-300:]}")
             state["job"] = job_id
             nonlocal follower
             follower = subprocess.Popen([_ray(), "job", "logs", "--address", cluster.dashboard, "--follow", job_id],
@@ -425,7 +433,7 @@ def rehearse(cluster_file: str, study_file: Optional[str] = None, storage: str =
         if cluster is not None:
             teardown_start = time.monotonic()
             cluster.stop()
-            record.steps.append(Step("teardown", True, time.monotonic() - teardown_start, "ray stop"))
+            record.steps.append(Step("teardown", True, time.monotonic() - teardown_start, "the rehearsal's cluster stopped"))
         if s3 is not None:
             s3.stop()
         total = time.monotonic() - record.started

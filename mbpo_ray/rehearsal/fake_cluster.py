@@ -44,6 +44,10 @@ MAX_NODES_PER_TYPE = 2
 SPARE_NODES = 2
 OBJECT_STORE_MB = 150
 NODE_ID_VARIABLE = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"
+# Every process of one rehearsal's cluster carries this variable (set for `ray start`, inherited by
+# the autoscaler's fake nodes and every worker): stopping the cluster stops those processes only,
+# never another Ray instance on the machine (`ray stop` would stop them all).
+CLUSTER_ID_VARIABLE = "MBPO_RAY_REHEARSAL_CLUSTER"
 NODE_TYPE_VARIABLE = "RAY_NODE_TYPE_NAME"
 
 
@@ -130,7 +134,9 @@ class FakeCluster:
         self.types, self.folder = types, Path(folder)
         # Ray's token authentication is on when ~/.ray/auth_token exists and off otherwise: off
         # here, so that a rehearsal runs the same on every machine (the head binds 127.0.0.1)
-        self.env = {**os.environ, **(env or {}), "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled"}
+        self.cluster_id = f"{os.getpid()}-{time.time_ns()}"
+        self.env = {**os.environ, **(env or {}), "RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "disabled",
+                    CLUSTER_ID_VARIABLE: self.cluster_id}
         self.dashboard_port = dashboard_port
         self.config_path = self.folder / "autoscaling.yaml"
         self.started = False
@@ -195,8 +201,7 @@ class FakeCluster:
     def stop(self) -> None:
         if not self.started:
             return
-        subprocess.run([_ray_command(), "stop", "--force"], env=self.env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=120)
+        stop_processes(CLUSTER_ID_VARIABLE, self.cluster_id)
         self.started = False
         deadline = time.monotonic() + 30  # the next cluster on this machine needs the ports
         while not (_port_free(GCS_PORT) and _port_free(self.dashboard_port)) and time.monotonic() < deadline:
@@ -218,14 +223,31 @@ def _environ(pid: str) -> Dict[str, str]:
     return out
 
 
+def processes_with(variable: str, value: str) -> List[int]:
+    """The processes (not this one) whose environment sets ``variable`` to ``value``."""
+    return [int(pid) for pid in os.listdir("/proc")
+            if pid.isdigit() and int(pid) != os.getpid() and _environ(pid).get(variable) == value]
+
+
 def node_processes(node_id: str) -> List[int]:
     """The processes of one fake node (its raylet and everything it started), found by the node
     id the fake provider puts into their environment."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and _environ(pid).get(NODE_ID_VARIABLE) == node_id:
-            pids.append(int(pid))
-    return pids
+    return processes_with(NODE_ID_VARIABLE, node_id)
+
+
+def stop_processes(variable: str, value: str, grace_s: float = 10.0) -> None:
+    """SIGTERM the processes that ``processes_with`` finds, then SIGKILL those left after
+    ``grace_s`` (and any started meanwhile)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = processes_with(variable, value)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while pids and processes_with(variable, value) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def kill_node(node_id: str) -> int:
