@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,9 +113,14 @@ def _ray_command() -> str:
     return str(here) if here.exists() else "ray"
 
 
-def _port_free(port: int) -> bool:
-    import socket
+def _free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
+
+def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers that bind it
         try:
@@ -170,7 +176,10 @@ class FakeCluster:
                    f"--autoscaling-config={self.config_path}", f"--num-cpus={int(head.resources.get('CPU', 0))}",
                    f"--num-gpus={int(head.resources.get('GPU', 0))}", f"--resources={json.dumps(custom)}",
                    f"--object-store-memory={OBJECT_STORE_MB * 1024 * 1024}", "--include-dashboard=true",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats"]
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
+                   # the head's agents on free ports: their defaults (52365 for the job agent) may be
+                   # taken by another Ray instance of this machine, which left jobs with no agent
+                   f"--dashboard-agent-listen-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
         log = self.folder / "ray-start.log"
         with open(log, "wb") as out:
             result = subprocess.run(command, env=self.env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
