@@ -210,6 +210,7 @@ def test_disabled_logger_does_not_import_wandb(monkeypatch, tmp_path, tiny_confi
     logger.start(run, tiny_config())
     logger.epoch({"env_steps": 1}, run.checkpoint_path)
     logger.close()  # an import of wandb anywhere above raises ImportError: the test fails
+    assert not (tmp_path / "wandb").exists()  # and nothing of W&B is written
 
 
 def test_wandb_flags_need_wandb(tmp_path, capsys):
