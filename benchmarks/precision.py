@@ -6,7 +6,9 @@ Measures, for float32 and for bfloat16 (bf16 under the autocast that ``precision
 
 * matmul throughput, GFLOP/s: a 256x256x256 matmul, and the dynamics ensemble's hidden layer as
   one batched matmul (7 members x 256 rows x 200 x 200, the Hopper preset's width);
-* the SAC update (Hopper-v5 sizes: obs 11, action 3, 2x256 policy and twin Q, batch 256), ms;
+* the SAC update (Hopper-v5 sizes: obs 11, action 3, 2x256 policy and twin Q, batch 256), ms,
+  as the learner runs it (written out, mbpo_ray.agents.sac_update) and through autograd (the
+  reference form of the tests, tests/sac_reference.py), in alternating rounds;
 * its matmul floor: the update's matmul FLOPs (forward and backward, counted by
   ``torch.utils.flop_counter``) divided by the better of the two rates above, i.e. the time the
   update would take if it were nothing but matmuls at the best rate measured at these sizes;
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,9 +36,13 @@ sys.path.insert(0, str(REPO))
 from mbpo_ray.agents.sac import SAC  # noqa: E402
 from mbpo_ray.config import SACConfig  # noqa: E402
 from mbpo_ray.precision import autocast, bf16_units  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
+
+sys.path.insert(0, str(REPO / "tests"))
+from sac_reference import autograd_gradients  # noqa: E402  (the tests' autograd form of SAC's losses)
 
 PRECISIONS = ("float32", "bf16")
+VARIANTS = ("written_out", "autograd")
 DEVICE = torch.device("cpu")  # --device
 
 
@@ -74,28 +81,49 @@ def matmul_rates(repeats: int) -> dict:
 
 
 def sac_update(repeats: int, rates: dict) -> dict:
+    """The SAC update as the learner runs it (``written_out``: mbpo_ray.agents.sac_update) and
+    the same update through autograd (``autograd``: tests/sac_reference.py's losses, backward,
+    the same Adam and target lerp), in alternating rounds of 100 updates so that load on the
+    machine falls on both alike; each variant's best and median round."""
     torch.manual_seed(0)
     n, obs_dim, act_dim = 10_000, 11, 3
     data = tuple(t.to(DEVICE) for t in (torch.randn(n, obs_dim), torch.rand(n, act_dim) * 2 - 1, torch.randn(n),
                                         torch.randn(n, obs_dim), torch.zeros(n)))
     out = {}
     for precision in PRECISIONS:
-        torch.manual_seed(0)
-        agent = SAC(obs_dim, act_dim, SACConfig(), DEVICE)
+        agents = {}
+        for variant in VARIANTS:
+            torch.manual_seed(0)
+            agents[variant] = SAC(obs_dim, act_dim, SACConfig(), DEVICE)
 
-        def step():
+        def step(variant):
+            agent = agents[variant]
             idx = torch.randint(n, (256,), device=DEVICE)
             with autocast(DEVICE, precision):
-                agent.update(*(t[idx] for t in data))
+                if variant == "written_out":
+                    agent.update(*(t[idx] for t in data))
+                else:
+                    autograd_gradients(agent, tuple(t[idx] for t in data), agent.draw_noise(256))
+                    agent.optimizer.step()
+                    with torch.no_grad():
+                        torch._foreach_lerp_(agent._q_target_params, agent._q_params, agent.sac_cfg.tau)
 
-        seconds = best_seconds(step, repeats, 100)
+        rounds = {variant: [] for variant in VARIANTS}
+        for variant in VARIANTS:
+            step(variant)
+        for _ in range(repeats):
+            for variant in VARIANTS:
+                rounds[variant].append(best_seconds(lambda: step(variant), 1, 100))
         counter = FlopCounterMode(display=False)
         with counter:
-            step()
+            step("autograd")
         flops = counter.get_total_flops()
         floor = flops / (max(rates[precision].values()) * 1e9)
-        out[precision] = {"update_ms": seconds * 1e3, "matmul_flops": flops, "matmul_floor_ms": floor * 1e3,
-                          "update_over_floor": seconds / floor}
+        out[precision] = {"matmul_flops": flops, "matmul_floor_ms": floor * 1e3}
+        for variant in VARIANTS:
+            best, median = min(rounds[variant]), statistics.median(rounds[variant])
+            out[precision][variant] = {"update_ms_best": best * 1e3, "update_ms_median": median * 1e3,
+                                       "update_over_floor": best / floor, "rounds_ms": [t * 1e3 for t in rounds[variant]]}
     return out
 
 
@@ -103,7 +131,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9, help="rounds per variant (default 9)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "precision.json"))
     args = parser.parse_args(argv)
     global DEVICE
@@ -112,14 +140,15 @@ def main(argv=None) -> int:
     rates = matmul_rates(args.repeats)
     result = {"command": "python benchmarks/precision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
-              "cpu": cpu_model(), "bf16_units": bf16_units(DEVICE), "torch": torch.__version__,
+              **machine_stamp(), "bf16_units": bf16_units(DEVICE), "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(), "matmul": rates, "sac_update": sac_update(args.repeats, rates)}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for precision in PRECISIONS:
         m, u = rates[precision], result["sac_update"][precision]
+        updates = "  ".join(f"{variant} {u[variant]['update_ms_best']:.2f} ms (x{u[variant]['update_over_floor']:.2f})"
+                            for variant in VARIANTS)
         print(f"{precision:8s} mm256 {m['mm_256_gflops']:6.1f} GFLOP/s  ensemble layer {m['ensemble_layer_gflops']:6.1f} "
-              f"GFLOP/s  SAC update {u['update_ms']:.2f} ms (floor {u['matmul_floor_ms']:.2f} ms, "
-              f"x{u['update_over_floor']:.2f})")
+              f"GFLOP/s  floor {u['matmul_floor_ms']:.2f} ms  SAC update: {updates}")
     return 0
 
 

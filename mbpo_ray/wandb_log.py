@@ -95,9 +95,12 @@ _ONLINE_FAILED = False
 
 
 def _release_service(wandb) -> None:
-    """A failed ``wandb.init`` leaves its run open in this process's W&B service, which then
-    refuses the same id ("run ID ... is in use"): when no other run of this process is open,
-    shut that service down, and the offline start gets a fresh one."""
+    """When no other run of this process is open, shut this process's W&B service down and wait
+    for it. Two reasons: a failed ``wandb.init`` leaves its run open in the service, which then
+    refuses the same id ("run ID ... is in use"), and the offline start needs a fresh one; and
+    ``run.finish()`` returns before the service has written the end of the run's ``.wandb`` file
+    (it only informs the service that the run is done), so a run is complete on disk, for
+    ``wandb sync`` or a trial's next process, once its service is shut down."""
     if _OPEN_RUNS:
         return
     try:
@@ -249,12 +252,8 @@ class WandbLogger:
 
     def close(self) -> None:
         if self.run is not None:
-            run, self.run = self.run, None
-            try:
-                run.finish()
-            except Exception as exc:  # noqa: BLE001
-                warn(f"could not finish the run ({_first_line(exc)}); the run directory is complete")
-        _OPEN_RUNS.discard(self.open_id)
+            self._finish(None, lambda exc: warn(f"could not finish the run ({_first_line(exc)}); the run "
+                                                f"directory is complete"))
 
     def _guarded(self, what: str, action) -> None:
         """Do ``action``; a W&B error is one warning, after which this run stops logging to W&B."""
@@ -262,12 +261,18 @@ class WandbLogger:
             action()
         except Exception as exc:  # noqa: BLE001  (logging never costs a run)
             warn(f"could not {what} ({_first_line(exc)}); the run goes on without W&B")
-            run, self.run = self.run, None
-            try:
-                run.finish(exit_code=1)
-            except Exception:  # noqa: BLE001
-                pass
-            _OPEN_RUNS.discard(self.open_id)
+            self._finish(1, lambda exc: None)
+
+    def _finish(self, exit_code: Optional[int], on_error) -> None:
+        import wandb
+
+        run, self.run = self.run, None
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            on_error(exc)
+        _OPEN_RUNS.discard(self.open_id)
+        _release_service(wandb)
 
     def _flush(self) -> None:
         for record in self.pending:

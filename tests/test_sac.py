@@ -231,12 +231,12 @@ def test_sac_losses_and_target_average_by_hand():
     policy_loss = sum(alpha * lp - min(q_online) for lp in logp) / 2
     alpha_loss = -sum(math.log(alpha) * (lp - ACT) for lp in logp) / 2  # target entropy -|A|
     expected = [q_loss, policy_loss, alpha_loss, alpha, -sum(logp) / 2, sum(q_online) / 2]
-    _, metrics = agent._losses(obs, act, rew, torch.randn(2, OBS), done, noise)
+    # the step's metrics are the losses before it; after it: target <- (1 - tau) target + tau
+    # online (the online critic just stepped)
+    metrics = agent._step(obs, act, rew, torch.randn(2, OBS), done, noise)
     assert metrics.tolist() == pytest.approx(expected, rel=1e-5)
     # a mistake in any one term moves the loss by far more than the tolerance
     assert abs(q_loss - 0.5 * sum(sum((q - r) ** 2 for r in rew.tolist()) / 2 for q in q_online)) > 0.1
-    # after the step: target <- (1 - tau) target + tau online (the online critic just stepped)
-    agent._step(obs, act, rew, torch.randn(2, OBS), done, noise)
     online_after = agent.q.biases[-1][:, 0, 0].detach()
     assert not torch.equal(online_after, torch.tensor(q_online))
     averaged = (1 - tau) * torch.tensor(q_target) + tau * online_after

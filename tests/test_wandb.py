@@ -146,8 +146,12 @@ def test_an_online_start_that_fails_continues_offline_as_the_same_run(fake_wandb
     other = WandbLogger(WandbOptions(mode="online"), "sac-x-seed4", run_id="id2")
     other.start(run, cfg)
     assert [r.init["mode"] for r in fake_wandb.runs] == ["offline", "offline"]
+    # run.finish() only informs the service; the service is shut down (and its files written to
+    # their end) once the process's last open run is finished, not while another is open
     logger.close()
+    assert fake_wandb.teardowns == 1
     other.close()
+    assert fake_wandb.teardowns == 2
 
 
 def test_a_wandb_error_while_logging_or_finishing_is_a_warning_and_training_goes_on(fake_wandb, tmp_path, tiny_config,

@@ -4,8 +4,9 @@
 matmul for all members) with its target copy, the automatic temperature (log alpha towards
 ``sac.target_entropy``, default -action_dim), SAC's policy and temperature losses, the optimizer,
 the one-backward update with the target critic's fused lerp, and the learner's state. A subclass
-brings only its critic target and any losses of its own, in ``_losses``; see docs/baselines.md
-for what SAC and STEVE each are. Actions live in [-1, 1]; the env wrapper rescales them to the
+brings only its critic target and any losses of its own, in ``_losses`` (STEVE), or its whole
+step (SAC: ``mbpo_ray.agents.sac_update``, without autograd); see docs/baselines.md for what SAC
+and STEVE each are. Actions live in [-1, 1]; the env wrapper rescales them to the
 env's bounds.
 
 The update is a pure tensor function: no host sync; its metrics come back as one tensor in the
@@ -122,11 +123,16 @@ class ActorCritic(nn.Module):
         self.optimizer = make_adam(self._optimizer_params(), self.sac_cfg.learning_rate)
         self._q_params = list(self.q.parameters())
         self._q_target_params = list(self.q_target.parameters())
-        self._losses = torch.compile(self._losses) if self.sac_cfg.compile else self._losses
+        if self.sac_cfg.compile:
+            self._compile()
         # sac.cuda_graph: the whole update (losses, backward, Adam, target lerp) as one graph
         # (mbpo_ray.cuda_graph); config validation keeps it to learners with draw_noise.
         self._graphed = (GraphedStep(self._step, lambda: [*self.parameters(), *self.buffers()], [self.optimizer])
                          if self.sac_cfg.cuda_graph else None)
+
+    def _compile(self) -> None:
+        """sac.compile: torch.compile the update's hot function (here the losses)."""
+        self._losses = torch.compile(self._losses)
 
     # --- data statistics ---
     def observe(self, obs: torch.Tensor, rew: torch.Tensor, next_obs: torch.Tensor) -> None:

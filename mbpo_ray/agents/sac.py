@@ -1,16 +1,19 @@
 """Soft actor-critic with automatic temperature (Haarnoja et al. 2018).
 
-Everything but the critic target is the shared ``ActorCritic`` (policy, twin Q as one
-StackedMLP, temperature, optimizer, update, state); SAC adds the plain one-step TD target over
-the min of its two target critics.
+Everything but the update is the shared ``ActorCritic`` (policy, twin Q as one StackedMLP,
+temperature, optimizer, state); SAC's losses (the plain one-step TD target over the min of its two
+target critics, the policy and temperature losses) and their gradients are written out in
+``mbpo_ray.agents.sac_update`` without autograd, which this learner and a seed group's stacked
+learners share.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 
 from mbpo_ray.agents.actor_critic import ActorCritic, TanhGaussianPolicy
+from mbpo_ray.agents.sac_update import parameter_names, sac_gradients
 from mbpo_ray.config import SACConfig
 
 __all__ = ["METRIC_NAMES", "SAC", "TanhGaussianPolicy"]
@@ -25,6 +28,9 @@ class SAC(ActorCritic):
     def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig, device: torch.device):
         super().__init__(obs_dim, act_dim, cfg, num_q=2)
         self.cfg = cfg
+        layers = cfg.num_hidden_layers + 1
+        self._train_names, self._target_names = parameter_names(layers, layers)
+        self._gradients = sac_gradients
         self._setup_training(device)
 
     def draw_noise(self, batch_size: int) -> torch.Tensor:
@@ -33,21 +39,25 @@ class SAC(ActorCritic):
         shape = (batch_size, self.act_dim)
         return torch.stack([torch.randn(shape, device=self.device), torch.randn(shape, device=self.device)])
 
-    def _losses(self, obs, act, rew, next_obs, done, noise) -> Tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        alpha = self.log_alpha.exp().detach()
+    def _compile(self) -> None:
+        self._gradients = torch.compile(sac_gradients)
+
+    def _step(self, obs, act, rew, next_obs, done, noise) -> torch.Tensor:
+        """One update (``ActorCritic._step``'s contract) from the written-out gradients: the
+        parameters as a seed stack of one (views, no copies), the gradients into ``.grad``."""
         with torch.no_grad():
-            next_act, next_logp = self.policy(next_obs, noise[0])
-            next_q = self.q_target(torch.cat([next_obs, next_act], -1)).squeeze(-1).min(0).values
-            target = rew + cfg.discount * (1.0 - done) * (next_q - alpha * next_logp)
-        q = self.q(torch.cat([obs, act], -1)).squeeze(-1)  # [2, B]
-        q_loss = 0.5 * ((q - target) ** 2).mean(dim=1).sum()
-        # All three losses are built from the same parameters before any step, as in the
-        # softlearning SAC that MBPO's released code runs.
-        policy_loss, alpha_loss, logp = self._actor_losses(obs, alpha, noise[1])
-        total = q_loss + policy_loss + alpha_loss
-        metrics = torch.stack([q_loss, policy_loss, alpha_loss, alpha, -logp.mean(), q.mean()]).detach()
-        return total, metrics
+            named = dict(self.named_parameters())
+            params = {n: named[n].unsqueeze(0) for n in self._train_names}
+            target = {n: named[n].unsqueeze(0) for n in self._target_names}
+            grads, metrics = self._gradients(
+                params, target, self.target_entropy.unsqueeze(0), obs.unsqueeze(0), act.unsqueeze(0),
+                rew.unsqueeze(0), next_obs.unsqueeze(0), done.unsqueeze(0), noise.unsqueeze(0), self.cfg.discount)
+            for n in self._train_names:
+                named[n].grad = grads[n][0]
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self._q_target_params, self._q_params, self.sac_cfg.tau)
+        return metrics[0]
 
     @staticmethod
     def metrics_to_dict(metrics: torch.Tensor) -> Dict[str, float]:  # type: ignore[override]

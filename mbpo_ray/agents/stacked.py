@@ -1,6 +1,6 @@
 """Many seeds' SAC learners updated as one: every parameter stacked along a leading seed
-dimension and one vectorised update for all of them (``torch.func.vmap`` over the learner's own
-``_losses``), so each layer is one batched matmul over seeds and critic members, with one Adam
+dimension and one update for all of them (``mbpo_ray.agents.sac_update``, whose tensors carry that
+seed dimension), so each layer is one batched matmul over seeds and critic members, with one Adam
 step and one fused target lerp for all seeds (issue 13; docs/seed_groups.md).
 
 The learners stay what they are: each seed keeps its own agent (policy for acting and rollouts,
@@ -9,8 +9,8 @@ weights back into the agents after each batch of updates (``write_back``) and th
 before a checkpoint (``save_to_agents``); ``load_from_agents`` builds the stacked copy from the
 agents (when it is built: after the agents loaded a checkpoint, on a resume).
 
-A seed's update uses its own batch and its own noise (``ActorCritic.draw_noise``), drawn from its
-own random stream by the caller, so a seed trained in a stack sees the same numbers as alone.
+A seed's update uses its own batch and its own noise (``SAC.draw_noise``), drawn from its own
+random stream by the caller, so a seed trained in a stack sees the same numbers as alone.
 """
 from __future__ import annotations
 
@@ -18,23 +18,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
-from mbpo_ray.agents.actor_critic import ActorCritic
+from mbpo_ray.agents.sac import SAC
 from mbpo_ray.cuda_graph import GraphedStep
 from mbpo_ray.nn import make_adam
-
-
-class _Losses(nn.Module):
-    """``agent._losses`` as a module's forward, so that ``functional_call`` can swap in one
-    seed's parameters (the class's method: an instance's torch.compile'd copy is not vmapped)."""
-
-    def __init__(self, agent: nn.Module):
-        super().__init__()
-        self.agent = agent
-
-    def forward(self, *batch_and_noise):
-        return type(self.agent)._losses(self.agent, *batch_and_noise)
 
 
 class StackedUpdate:
@@ -42,9 +29,8 @@ class StackedUpdate:
         if not agents:
             raise ValueError("StackedUpdate needs at least one agent")
         template = agents[0]
-        if type(template).draw_noise is ActorCritic.draw_noise:  # the default: drawn inline
-            raise ValueError(f"{type(template).__name__} draws its update's noise inline; "
-                             f"only learners with draw_noise (SAC) can be stacked")
+        if not isinstance(template, SAC):
+            raise ValueError(f"only SAC learners can be stacked, not {type(template).__name__}")
         if any(type(a) is not type(template) for a in agents):
             raise ValueError("StackedUpdate needs agents of one class")
         if len(template.optimizer.param_groups) != 1:
@@ -58,13 +44,13 @@ class StackedUpdate:
         self.fixed_names = [n for n in named if n not in self.train_names]
         self.buffer_names = [n for n, _ in template.named_buffers()]
         self.q_pairs = [(by_id[id(t)], by_id[id(q)]) for t, q in zip(template._q_target_params, template._q_params)]
-        self._module = _Losses(template)
+        self.discount = template.cfg.discount
+        self._gradients = template._gradients  # sac_gradients, or its torch.compile'd form
         group = template.optimizer.param_groups[0]
         self.load_from_agents()
         self.optimizer = make_adam(list(self.train.values()), group["lr"])
         self.optimizer.param_groups[0].update(betas=group["betas"], eps=group["eps"])
         self._load_optimizer_state()
-        self._grad = vmap(grad(self._loss, has_aux=True))
         # sac.cuda_graph: the stacked update replayed from one graph (mbpo_ray.cuda_graph)
         self._graphed = (GraphedStep(self._step, self._stacked_tensors, [self.optimizer])
                          if template.sac_cfg.cuda_graph else None)
@@ -125,10 +111,6 @@ class StackedUpdate:
                         "exp_avg_sq": state["exp_avg_sq"][i].clone()}
 
     # --- the update ---
-    def _loss(self, train, fixed, buffers, *batch_and_noise):
-        tensors = {f"agent.{n}": t for part in (train, fixed, buffers) for n, t in part.items()}
-        return functional_call(self._module, tensors, batch_and_noise)
-
     def update(self, batches: Sequence[Tuple[torch.Tensor, ...]], noises: Sequence[torch.Tensor]) -> torch.Tensor:
         """One update of every seed: seed i on ``batches[i]`` (obs, act, rew, next_obs, done) with
         ``noises[i]``. Returns the metrics [seeds, len(metric_names)]."""
@@ -139,11 +121,13 @@ class StackedUpdate:
     def _step(self, *columns_and_noise: torch.Tensor) -> torch.Tensor:
         """``update`` on the stacked batches and noise: a deterministic step that changes the
         stacked state in place (what a CUDA graph can replay)."""
-        grads, metrics = self._grad(self.train, self.fixed, self.buffers, *columns_and_noise)
+        with torch.no_grad():
+            grads, metrics = self._gradients(self.train, self.fixed, self.buffers["target_entropy"],
+                                             *columns_and_noise, self.discount)
         for n, t in self.train.items():
             t.grad = grads[n]
         self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_([self.fixed[t] for t, _ in self.q_pairs],
                                  [self.train[q] for _, q in self.q_pairs], self.tau)
-        return metrics.detach()
+        return metrics
