@@ -16,7 +16,7 @@ import json
 import torch
 
 from hot_paths import fit_epoch_ms, sac_update_ms  # benchmarks/hot_paths.py
-from machine import cpu_model, write_results  # benchmarks/machine.py
+from machine import machine_stamp, write_results  # benchmarks/machine.py
 
 MODES = {"eager": {}, "compiled": {"compiled": True}, "graphed": {"graphed": True}}
 
@@ -33,7 +33,7 @@ def main() -> None:
     device = torch.device(args.device)
     result = {"command": "benchmarks/compiled.py " + " ".join(
                   f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"),
-              "cpu": cpu_model(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              **machine_stamp(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "torch": torch.__version__, "torch_threads": args.threads}
     for mode in args.modes * 2:
         options = MODES[mode]

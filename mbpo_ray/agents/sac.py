@@ -31,6 +31,7 @@ class SAC(ActorCritic):
         layers = cfg.num_hidden_layers + 1
         self._train_names, self._target_names = parameter_names(layers, layers)
         self._gradients = sac_gradients
+        self._stack_of_one = None  # the parameters as a seed stack of one, made on the first update
         self._setup_training(device)
 
     def draw_noise(self, batch_size: int) -> torch.Tensor:
@@ -46,14 +47,18 @@ class SAC(ActorCritic):
         """One update (``ActorCritic._step``'s contract) from the written-out gradients: the
         parameters as a seed stack of one (views, no copies), the gradients into ``.grad``."""
         with torch.no_grad():
-            named = dict(self.named_parameters())
-            params = {n: named[n].unsqueeze(0) for n in self._train_names}
-            target = {n: named[n].unsqueeze(0) for n in self._target_names}
+            if self._stack_of_one is None:
+                # views: the parameters change in place (Adam, load_state_dict), never move
+                named = dict(self.named_parameters())
+                self._stack_of_one = ({n: named[n].unsqueeze(0) for n in self._train_names},
+                                      {n: named[n].unsqueeze(0) for n in self._target_names},
+                                      [named[n] for n in self._train_names])
+            params, target, trained = self._stack_of_one
             grads, metrics = self._gradients(
                 params, target, self.target_entropy.unsqueeze(0), obs.unsqueeze(0), act.unsqueeze(0),
                 rew.unsqueeze(0), next_obs.unsqueeze(0), done.unsqueeze(0), noise.unsqueeze(0), self.cfg.discount)
-            for n in self._train_names:
-                named[n].grad = grads[n][0]
+            for name, p in zip(self._train_names, trained):
+                p.grad = grads[name][0]
         self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self._q_target_params, self._q_params, self.sac_cfg.tau)
