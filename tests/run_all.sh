@@ -1,37 +1,47 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite as three pytest processes side by side, so that a 2-core machine is
-# busy while Ray starts actors and waits on them:
+# busy while Ray starts actors and waits on them. The Ray tests (marker `ray`) are split over the
+# three so that each finishes at about the same time (each part's `--durations` report shows where
+# its time goes):
 #   - the tests that start Ray, Tune or RLlib on Ray's fixed port 6379 (test_multinode's
-#     cluster_utils, the rehearsal's fake autoscaler), one after another;
-#   - the other tests that start Ray (marker `ray`; each its own local instance);
-#   - all the others, which report as they run; the Ray parts' reports follow.
+#     cluster_utils, the rehearsal's fake autoscaler), one after another, after test_any_env's
+#     Ray test (its own local instance, shut down before the others start);
+#   - the other tests that start Ray (each module its own local instance);
+#   - all the others, which report as they run, then the resume matrix's Ray cases; the Ray
+#     parts' reports follow.
 # The exit status is the first failing part's (0 when all pass). Arguments go to every part.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-FIXED_PORT=(tests/test_multinode.py tests/test_rehearsal.py)
+FIXED_PORT=(tests/test_any_env.py tests/test_multinode.py tests/test_rehearsal.py)
+AFTER_OTHERS=(tests/test_resume_matrix.py)
 fixed_log=$(mktemp)
 ray_log=$(mktemp)
 "$PY" -m pytest -q -m ray --durations=5 "$@" "${FIXED_PORT[@]}" >"$fixed_log" 2>&1 &
 fixed_pid=$!
-"$PY" -m pytest -q -m ray --durations=5 "${FIXED_PORT[@]/#/--ignore=}" "$@" tests >"$ray_log" 2>&1 &
+"$PY" -m pytest -q -m ray --durations=5 "${FIXED_PORT[@]/#/--ignore=}" "${AFTER_OTHERS[@]/#/--ignore=}" "$@" tests \
+    >"$ray_log" 2>&1 &
 ray_pid=$!
 trap 'kill "$fixed_pid" "$ray_pid" 2>/dev/null; rm -f "$fixed_log" "$ray_log"; exit 130' INT TERM
 "$PY" -m pytest -q -m "not ray" --durations=10 "$@" tests
 others=$?
+echo
+echo "=== the resume matrix's Ray cases (pytest -m ray ${AFTER_OTHERS[*]}) ==="
+"$PY" -m pytest -q -m ray --durations=5 "$@" "${AFTER_OTHERS[@]}"
+after=$?
 wait "$ray_pid"
 ray=$?
 wait "$fixed_pid"
 fixed=$?
 echo
-echo "=== tests that start Ray (pytest -m ray) ==="
+echo "=== the other tests that start Ray (pytest -m ray) ==="
 cat "$ray_log"
 echo
-echo "=== tests that start Ray on port 6379 (pytest -m ray ${FIXED_PORT[*]}) ==="
+echo "=== test_any_env's Ray test, then the tests on port 6379 (pytest -m ray ${FIXED_PORT[*]}) ==="
 cat "$fixed_log"
 rm -f "$fixed_log" "$ray_log"
 status=0
-for part in "$others" "$ray" "$fixed"; do
+for part in "$others" "$after" "$ray" "$fixed"; do
     # pytest's 5: no test selected (arguments that select none of this part)
     if [ "$part" -ne 0 ] && [ "$part" -ne 5 ] && [ "$status" -eq 0 ]; then
         status=$part

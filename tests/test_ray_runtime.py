@@ -172,8 +172,9 @@ def test_async_keeps_updates_per_env_step_within_bounds(ray_config, tmp_path, ra
 
 
 def test_resume_restores_buffer_actor(ray_config, tmp_path, ray_cluster, single_thread):
-    # One schedule: both restore through the same RayRuntime.load_state_dict, and the async
-    # schedule's stop and resume are checked by tests/test_resume_matrix.py (mbpo-ray-async).
+    # One schedule: both restore through the same RayRuntime.load_state_dict. Resuming the run to
+    # its end is tests/test_resume_matrix.py's (mbpo-ray-sync, mbpo-ray-async): here, what a
+    # fresh actor group holds once it has loaded the checkpoint.
     cfg = ray_config(**{"ray.schedule": "sync"})
     out = tmp_path / "run"
     part = train(cfg, str(out), progress=False, stop_at=350)
@@ -186,12 +187,10 @@ def test_resume_restores_buffer_actor(ray_config, tmp_path, ray_cluster, single_
     try:
         algo.load_state_dict(saved["algorithm"])
         assert buffer_sizes(algo)["real_added"] == saved_real
-        assert buffer_sizes(algo)["model"] == len(saved["algorithm"]["runtime"]["buffer"]["model"]["rows"])
+        saved_model_rows = len(saved["algorithm"]["runtime"]["buffer"]["model"]["rows"])
+        assert saved_model_rows > 0 and buffer_sizes(algo)["model"] == saved_model_rows
     finally:
         algo.close()
-    done = train(RunDirectory(out).load_config(), str(out), resume=True, progress=False)
-    assert done.completed and done.env_steps == cfg.total_steps
-    assert [r["env_steps"] for r in RunDirectory(out).read_metrics()] == [200, 400, 600]
 
 
 def test_missing_gpu_stops_at_once_and_writes_nothing(ray_config, tmp_path, ray_cluster, capsys):
