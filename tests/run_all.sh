@@ -5,7 +5,8 @@
 # its time goes):
 #   - the tests that start Ray, Tune or RLlib on Ray's fixed port 6379 (test_multinode's
 #     cluster_utils, the rehearsal's fake autoscaler), one after another, after test_any_env's
-#     Ray test (its own local instance, shut down before the others start);
+#     Ray test and the killed-driver test (their own local instances, shut down before the
+#     others start);
 #   - the other tests that start Ray (each module its own local instance);
 #   - all the others, which report as they run, then the resume matrix's Ray cases; the Ray
 #     parts' reports follow.
@@ -13,13 +14,15 @@
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-FIXED_PORT=(tests/test_any_env.py tests/test_multinode.py tests/test_rehearsal.py)
+KILLED_DRIVER=tests/test_ray_runtime.py::test_killed_driver_resumes_from_its_checkpoint
+FIXED_PORT=(tests/test_any_env.py "$KILLED_DRIVER" tests/test_multinode.py tests/test_rehearsal.py)
 AFTER_OTHERS=(tests/test_resume_matrix.py)
 fixed_log=$(mktemp)
 ray_log=$(mktemp)
 "$PY" -m pytest -q -m ray --durations=5 "$@" "${FIXED_PORT[@]}" >"$fixed_log" 2>&1 &
 fixed_pid=$!
-"$PY" -m pytest -q -m ray --durations=5 "${FIXED_PORT[@]/#/--ignore=}" "${AFTER_OTHERS[@]/#/--ignore=}" "$@" tests \
+"$PY" -m pytest -q -m ray --durations=5 --ignore=tests/test_any_env.py --ignore=tests/test_multinode.py \
+    --ignore=tests/test_rehearsal.py --deselect="$KILLED_DRIVER" "${AFTER_OTHERS[@]/#/--ignore=}" "$@" tests \
     >"$ray_log" 2>&1 &
 ray_pid=$!
 trap 'kill "$fixed_pid" "$ray_pid" 2>/dev/null; rm -f "$fixed_log" "$ray_log"; exit 130' INT TERM
@@ -37,7 +40,7 @@ echo
 echo "=== the other tests that start Ray (pytest -m ray) ==="
 cat "$ray_log"
 echo
-echo "=== test_any_env's Ray test, then the tests on port 6379 (pytest -m ray ${FIXED_PORT[*]}) ==="
+echo "=== two Ray tests, then the tests on port 6379 (pytest -m ray ${FIXED_PORT[*]}) ==="
 cat "$fixed_log"
 rm -f "$fixed_log" "$ray_log"
 status=0
