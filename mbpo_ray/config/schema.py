@@ -103,7 +103,8 @@ class SACConfig:
     replay_size: int = 1_000_000
     """Capacity of D_env (capped at total_steps)."""
     compile: bool = False
-    """torch.compile the update's losses (worth it on a GPU; slow to warm up on a CPU)."""
+    """torch.compile the update (SAC's written-out update, STEVE's losses); compiles on the first
+    update (docs/hyperparameters.md has what it bought on the machines measured)."""
     cuda_graph: bool = False
     """Replay the whole update (losses, backward, Adam, target lerp) from a CUDA graph captured at
     the first update: one launch instead of hundreds on a GPU; on a CPU the same steps run eagerly.
