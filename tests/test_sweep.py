@@ -276,11 +276,13 @@ def test_a_bucket_holds_only_the_kept_checkpoints_and_the_run_directories(ray_cl
 
 
 def test_a_study_stopped_by_its_time_budget_exits_3_and_says_how_to_extend_it(ray_cluster, tmp_path):
+    # one trial at a time: seed 0 runs into the budget, seed 1 would start after it
     path = write_study(tmp_path, """
         algorithms: [sac]
         envs: [InvertedPendulum-v5]
-        seeds: [0]
+        seeds: [0, 1]
         budget: {env_steps: 100000, time_s: 12}
+        max_concurrent_trials: 1
         wandb: {mode: offline}
         """, "timed")
     folder = tmp_path / "study"
@@ -290,6 +292,9 @@ def test_a_study_stopped_by_its_time_budget_exits_3_and_says_how_to_extend_it(ra
     text = out.getvalue()
     assert "1 stopped before their budget" in text and "(the study's time budget or ASHA)" in text
     assert f"mbpo-ray train --resume {folder}/runs/<trial>" in text and "sweep --resume" not in text
+    # a trial the budget kept from starting is said to be one, and left nothing behind
+    assert "1 not started" in text and "sac-InvertedPendulum-v5-seed1: 0 env steps" in text
+    assert not any((folder / "runs" / "sac-InvertedPendulum-v5-seed1").glob("*"))
     run = RunDirectory(folder / "runs" / "sac-InvertedPendulum-v5-seed0")
     steps = env_steps(run)
     assert steps and steps[-1] < 100000

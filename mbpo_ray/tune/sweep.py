@@ -355,6 +355,8 @@ def make_tuner(study: Study, plans: Sequence[CellPlan], folder: StudyFolder, set
                callbacks: Sequence[Any], verbose: int):
     from ray import tune
 
+    from mbpo_ray.tune.trainable import STOP_GRACE_S
+
     scheduler = None
     if study.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -364,11 +366,14 @@ def make_tuner(study: Study, plans: Sequence[CellPlan], folder: StudyFolder, set
                                   grace_period=study.grace_period or default_grace_period(plans),
                                   reduction_factor=study.reduction_factor)
     namer = functools.partial(trial_name, indexed=study.searched)
+    # Tune's time budget only as a backstop behind the trials' own deadline (``_settings``): at
+    # its end Tune gives running trials 5 s before it kills them
+    backstop = study.time_budget_s + STOP_GRACE_S if study.time_budget_s else None
     return tune.Tuner(
         trainable(settings),
         param_space=param_space(study, plans),
         tune_config=tune.TuneConfig(num_samples=study.samples, max_concurrent_trials=study.max_concurrent_trials,
-                                    time_budget_s=study.time_budget_s, scheduler=scheduler,
+                                    time_budget_s=backstop, scheduler=scheduler,
                                     trial_name_creator=namer, trial_dirname_creator=namer),
         run_config=tune.RunConfig(
             name=TUNE_FOLDER, storage_path=folder.storage_path, verbose=verbose, callbacks=list(callbacks),
@@ -384,7 +389,11 @@ def make_tuner(study: Study, plans: Sequence[CellPlan], folder: StudyFolder, set
 
 def _settings(study: Study, plans: Sequence[CellPlan], folder: StudyFolder, study_id: str) -> Dict[str, Any]:
     """What every trial of the study shares (``run_trial``'s ``settings``)."""
-    return {"runs_dir": folder.runs_dir, "study": study.name, "study_id": study_id,
+    # the time budget as a wall-clock deadline, from this start of the sweep (a --resume gets the
+    # whole budget again, as Tune's own time budget did): trials end their runs at the first epoch
+    # after it (TuneReporter), and trials not started by then never start
+    deadline = time.time() + study.time_budget_s if study.time_budget_s else None
+    return {"runs_dir": folder.runs_dir, "study": study.name, "study_id": study_id, "deadline": deadline,
             "wandb": study.wandb.to_plain(), "cells": {p.cell.name: p.cell.to_plain() for p in plans}}
 
 
@@ -465,7 +474,7 @@ def _summary(results, plans: Sequence[CellPlan], folder: StudyFolder, stream) ->
     (``EXIT_FINISHED``, ``EXIT_FAILED`` or ``EXIT_STOPPED``)."""
     budgets = {p.cell.name: p.total_steps for p in plans}
     statuses = trial_statuses(results)
-    rows, failed, stopped, interrupted = [], [], [], []
+    rows, failed, stopped, interrupted, not_started = [], [], [], [], []
     for result in results:
         name = Path(result.path).name
         metrics = result.metrics or {}
@@ -473,6 +482,9 @@ def _summary(results, plans: Sequence[CellPlan], folder: StudyFolder, stream) ->
         if result.error is not None:
             failed.append(name)
             status = f"failed: {str(result.error).strip().splitlines()[-1][:160]}"
+        elif "env_steps" not in metrics and statuses.get(name, "TERMINATED") == "TERMINATED":
+            not_started.append(name)
+            status = "not started: the study's time budget had passed"
         elif steps < budgets.get((result.config or {}).get("cell"), 0):
             if statuses.get(name, "TERMINATED") == "TERMINATED":
                 stopped.append(name)
@@ -486,7 +498,8 @@ def _summary(results, plans: Sequence[CellPlan], folder: StudyFolder, stream) ->
         rows.append(f"  {name}: {steps} env steps, last eval return "
                     f"{'-' if last is None else f'{last:.1f}'}; {status}")
     stream.write(f"study folder {folder.location}: {len(rows)} trials, {len(failed)} failed, {len(stopped)} "
-                 f"stopped before their budget, {len(interrupted)} interrupted\n" + "\n".join(sorted(rows)) + "\n")
+                 f"stopped before their budget, {len(interrupted)} interrupted"
+                 + (f", {len(not_started)} not started" if not_started else "") + "\n" + "\n".join(sorted(rows)) + "\n")
     if failed or interrupted:
         stream.write(f"failed and interrupted trials continue from their checkpoints with: mbpo-ray sweep --resume "
                      f"{folder.location}\n")
@@ -496,6 +509,9 @@ def _summary(results, plans: Sequence[CellPlan], folder: StudyFolder, stream) ->
                  f"metrics-snapshot.jsonl and config-snapshot.yaml renamed to metrics.jsonl and config.yaml)")
         stream.write(f"--resume does not continue a trial that the time budget or ASHA stopped (Tune counts it as "
                      f"finished); to extend one: mbpo-ray train --resume {where}\n")
+    if not_started:
+        stream.write("trials that the time budget kept from starting hold nothing in this folder: run them in a "
+                     "new study (a new --out), with a larger budget.time_s if need be\n")
     if failed:
         return EXIT_FAILED
-    return EXIT_STOPPED if stopped or interrupted else EXIT_FINISHED
+    return EXIT_STOPPED if stopped or interrupted or not_started else EXIT_FINISHED

@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -179,8 +180,10 @@ class TuneReporter(GroupHook):
     checkpoints carries a Tune checkpoint (the module docstring says of what). A single run
     reaches it through ``SingleRunReporter``."""
 
-    def __init__(self, trial: TrialRuns, full_snapshots: bool, mirror: Optional[ArtifactMirror] = None):
+    def __init__(self, trial: TrialRuns, full_snapshots: bool, mirror: Optional[ArtifactMirror] = None,
+                 deadline: Optional[float] = None):
         self.trial, self.full_snapshots, self.mirror = trial, full_snapshots, mirror
+        self.deadline = deadline  # the study's time budget as a wall-clock time (``sweep._settings``)
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def epoch(self, records: Dict[int, Dict[str, Any]], checkpointed: bool) -> None:
@@ -212,6 +215,11 @@ class TuneReporter(GroupHook):
         try:
             tune.report(result, checkpoint=checkpoint)
         except SystemExit:
+            self.stop_requested = True
+        # The study's time budget ends the run here, after this epoch, as Ctrl-C would: Tune's own
+        # time budget would end the experiment and give each running trial 5 s before killing
+        # it (too short for a checkpoint, the curve and W&B's finish), so it is only a backstop
+        if self.deadline is not None and time.time() >= self.deadline:
             self.stop_requested = True
 
 
@@ -348,6 +356,9 @@ def _run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
             found = ", ".join(f"seed{s} {'missing' if n is None else 'at ' + str(n)}" for s, n in behind.items())
             raise RunDirError(f"{trial.path}: Tune recorded a checkpoint at env step {recorded} for trial {name} "
                               f"but the run directory's checkpoint.pt is {found}")
+    deadline = settings.get("deadline")
+    if states is None and deadline is not None and time.time() >= deadline:
+        return  # the study's time budget has passed: not started (the summary says so)
     if states is None:
         clear_run(trial.path)
     elif min(state["env_steps"] for state in states.values()) >= cfg.total_steps:
@@ -357,7 +368,7 @@ def _run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
         tune.report(tune_result(trial.last_records(), ray.get_runtime_context().get_node_id()))
         return
 
-    reporter = TuneReporter(trial, full_snapshots=not shared, mirror=mirror)
+    reporter = TuneReporter(trial, full_snapshots=not shared, mirror=mirror, deadline=settings.get("deadline"))
     loggers = {seed: [] for seed in trial.seeds}
     options = WandbOptions(**{**settings["wandb"], "tags": tuple(settings["wandb"]["tags"])})
     if options.mode != "disabled":
