@@ -14,6 +14,9 @@
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+# Three parts on two cores: a torch thread that waits for work sleeps instead of spinning, so that
+# it does not take the core from another part's process (OpenMP's default spins first).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 KILLED_DRIVER=tests/test_ray_runtime.py::test_killed_driver_resumes_from_its_checkpoint
 FIXED_PORT=(tests/test_any_env.py "$KILLED_DRIVER" tests/test_multinode.py tests/test_rehearsal.py)
 AFTER_OTHERS=(tests/test_resume_matrix.py)
