@@ -276,12 +276,14 @@ def test_a_bucket_holds_only_the_kept_checkpoints_and_the_run_directories(ray_cl
 
 
 def test_a_study_stopped_by_its_time_budget_exits_3_and_says_how_to_extend_it(ray_cluster, tmp_path):
-    # one trial at a time: seed 0 runs into the budget, seed 1 would start after it
+    # one trial at a time: seed 0 runs into the budget, seed 1 would start after it. The budget
+    # counts from the sweep's start: 40 s leave room for Tune and the first trial's process to
+    # start on a loaded machine (12 s did not: no trial had started by then)
     path = write_study(tmp_path, """
         algorithms: [sac]
         envs: [InvertedPendulum-v5]
         seeds: [0, 1]
-        budget: {env_steps: 100000, time_s: 12}
+        budget: {env_steps: 100000, time_s: 40}
         max_concurrent_trials: 1
         wandb: {mode: offline}
         """, "timed")
