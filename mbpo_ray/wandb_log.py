@@ -16,10 +16,14 @@ offline in the same folder, with one warning saying how to upload it later; any 
 (starting, logging, finishing) is one warning line, after which the run goes on without W&B.
 The metrics, checkpoints and curve of the run directory never depend on W&B.
 
-A record is sent to W&B once a checkpoint covers it (every record when
-``checkpoint_every_epochs`` is 1, and all of them when the run ends or stops): a run resumed
-from its checkpoint redoes the epochs after it, and W&B, like metrics.jsonl, gets each epoch
-once. A resumed run continues the same W&B run (the id is read from ``RUN/wandb/``).
+Every epoch exactly once, after any fault (docs/sweeps.md, "W&B"): a record is sent once a
+checkpoint covers it (every record when ``checkpoint_every_epochs`` is 1, and all of them when
+the run ends or stops), as history step ``i`` for the ``i``-th line of metrics.jsonl. A killed
+process takes with it what its W&B service had not yet written, so a resumed run (the id is read
+from ``RUN/wandb/``) first reads back what W&B holds (offline: the records durably in the run's
+``.wandb`` files, ``mbpo_ray.wandb_records``; online: the history steps W&B's servers report
+when the run resumes) and sends again the checkpointed epochs it lacks, never one it holds. A
+W&B service that dies under a live run is restarted once or twice the same way.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "
 DEFAULT_INIT_TIMEOUT_S = 30.0
 STEP_KEY = "env_steps"
 CURVE_KEY = "curve"
+# How often a run restarts a W&B run that failed under it (its service killed, say)
+MAX_RESTARTS = 2
 _RUN_FOLDER = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>[A-Za-z0-9_-]+)$")
 
 
@@ -164,9 +170,14 @@ class WandbLogger:
         self.mode = resolve_mode(options.mode)
         self.run_id, self.extra_config = run_id, dict(extra_config or {})
         self.run = None
+        self.run_dir: Optional[RunDirectory] = None
+        self.cfg: Optional[TrainConfig] = None
         self.open_id: Optional[str] = None
+        # records appended to metrics.jsonl since the last checkpoint (the tail of the file)
         self.pending: List[Dict[str, Any]] = []
-        self.last_step = 0
+        self.next_step = 0  # the W&B history step of the next row
+        self.curve_sent = False
+        self.restarts = 0
 
     @property
     def enabled(self) -> bool:
@@ -181,54 +192,108 @@ class WandbLogger:
         except Exception as exc:  # noqa: BLE001  (logging never costs a run)
             warn(f"cannot import wandb ({_first_line(exc)}); this run is not logged to W&B")
             return
+        self.run_dir, self.cfg = run, cfg
         folder = Path(run.path) / "wandb"
         # one id for the run whichever mode it ends up in: an online start that fails continues
         # offline as the same run, which `wandb sync` then uploads
-        run_id = existing_run_id(run.path) or self.run_id or secrets.token_hex(4)
-        before = set(os.listdir(folder)) if folder.is_dir() else set()
+        self.run_id = existing_run_id(run.path) or self.run_id or secrets.token_hex(4)
         if self.mode == "online" and _ONLINE_FAILED:
             self.mode = "offline"
             warn(f"W&B could not be reached earlier in this process; this run logs offline to {folder}: "
                  f"upload it later with `wandb sync {folder}/offline-run-*`")
+        if self.mode == "offline" and self._offline_run_complete():
+            return  # a finished run resumed again: W&B holds all of it, nothing to send
+        before = set(os.listdir(folder)) if folder.is_dir() else set()
         try:
-            self.run = self._init(wandb, run, cfg, run_id, self.mode)
-            return
+            self.run = self._init(wandb, self.mode)
         except Exception as exc:  # noqa: BLE001
             if self.mode != "online":
                 warn(f"could not start the {self.mode} run ({_first_line(exc)}); this run is not logged to W&B")
                 return
             reason = _first_line(exc)
-        _ONLINE_FAILED = True
-        _release_service(wandb)
-        # what the failed online start left is not a run to upload
-        for name in (set(os.listdir(folder)) if folder.is_dir() else set()) - before:
-            if _RUN_FOLDER.match(name) and not name.startswith("offline-"):
-                shutil.rmtree(folder / name, ignore_errors=True)
-        try:
-            self.run = self._init(wandb, run, cfg, run_id, "offline")
-        except Exception as exc:  # noqa: BLE001
-            warn(f"could not start online ({reason}) nor offline ({_first_line(exc)}); this run is not "
-                 f"logged to W&B")
-            return
-        self.mode = "offline"
-        warn(f"could not reach W&B within {self.options.init_timeout:g} s ({reason}); this run logs offline "
-             f"to {folder}: upload it later with `wandb sync {folder}/offline-run-*`")
+            _ONLINE_FAILED = True
+            _release_service(wandb)
+            # what the failed online start left is not a run to upload
+            for name in (set(os.listdir(folder)) if folder.is_dir() else set()) - before:
+                if _RUN_FOLDER.match(name) and not name.startswith("offline-"):
+                    shutil.rmtree(folder / name, ignore_errors=True)
+            try:
+                self.run = self._init(wandb, "offline")
+            except Exception as exc:  # noqa: BLE001
+                warn(f"could not start online ({reason}) nor offline ({_first_line(exc)}); this run is not "
+                     f"logged to W&B")
+                return
+            self.mode = "offline"
+            warn(f"could not reach W&B within {self.options.init_timeout:g} s ({reason}); this run logs offline "
+                 f"to {folder}: upload it later with `wandb sync {folder}/offline-run-*`")
+        self._guarded("send the epochs W&B lacks", self._catch_up)
 
-    def _init(self, wandb, run: RunDirectory, cfg: TrainConfig, run_id: str, mode: str):
+    def _init(self, wandb, mode: str):
         wb = wandb.init(
-            dir=str(run.path), mode=mode, project=self.options.project, entity=self.options.entity,
+            dir=str(self.run_dir.path), mode=mode, project=self.options.project, entity=self.options.entity,
             group=self.options.group, name=self.name, tags=list(self.options.tags) or None,
-            id=run_id, resume="allow",
+            id=self.run_id, resume="allow",
             reinit="create_new",  # the seeds of a group each have a run, open side by side
-            config={**to_dict(cfg), **self.extra_config},
+            config={**to_dict(self.cfg), **self.extra_config},
             # console off: Tune and the progress bar own the terminal; nothing else is changed
             settings=wandb.Settings(console="off", silent=True, init_timeout=self.options.init_timeout))
-        _OPEN_RUNS.add(run_id)
-        self.open_id = run_id
+        _OPEN_RUNS.add(self.run_id)
+        self.open_id = self.run_id
         wb.define_metric(STEP_KEY)
         wb.define_metric("*", step_metric=STEP_KEY)
         return wb
 
+    # --- what W&B holds ---
+    def _held(self) -> Tuple[set, Optional[int], int]:
+        """(``env_steps`` of the epoch rows W&B holds, ``env_steps`` of its curve row or None,
+        the step after its last row). Offline: the rows durably in the run's offline ``.wandb``
+        files; online: what W&B's servers report as the resumed run's summary and step."""
+        if self.mode == "online":
+            if not getattr(self.run, "resumed", False):
+                return set(), None, 0
+            last = self.run.summary.get(STEP_KEY)
+            held = {r[STEP_KEY] for r in self.run_dir.read_metrics() if last is not None and r[STEP_KEY] <= last}
+            curve = last if self.run.summary.get(CURVE_KEY) is not None else None
+            return held, curve, int(getattr(self.run, "starting_step", 0) or 0)
+        from mbpo_ray.wandb_records import run_files
+
+        rows = [row for part in run_files(self.run_dir.path, self.run_id) for row in part.history]
+        held = {row[STEP_KEY] for row in rows if STEP_KEY in row and CURVE_KEY not in row}
+        curves = [row[STEP_KEY] for row in rows if CURVE_KEY in row and STEP_KEY in row]
+        return held, (curves[-1] if curves else None), 1 + max((row["_step"] for row in rows), default=-1)
+
+    def _offline_run_complete(self) -> bool:
+        """Whether the offline run holds every epoch of metrics.jsonl, its curve at the last one
+        and a finish, and metrics.jsonl reaches the run's end."""
+        from mbpo_ray.wandb_records import run_files
+
+        records = self.run_dir.read_metrics()
+        if not records or records[-1][STEP_KEY] < self.cfg.total_steps:
+            return False
+        parts = run_files(self.run_dir.path, self.run_id)
+        if not parts or parts[-1].exit_code != 0:
+            return False
+        rows = [row for part in parts for row in part.history]
+        held = {row[STEP_KEY] for row in rows if STEP_KEY in row and CURVE_KEY not in row}
+        return (all(r[STEP_KEY] in held for r in records)
+                and any(CURVE_KEY in row and row.get(STEP_KEY) == records[-1][STEP_KEY] for row in rows))
+
+    def _catch_up(self) -> None:
+        """Send the epochs a checkpoint covers (metrics.jsonl less its pending tail) that W&B
+        does not hold, in order, after the rows it holds."""
+        held, curve, self.next_step = self._held()
+        records = self.run_dir.read_metrics()
+        covered = records[:len(records) - len(self.pending)]
+        for record in covered:
+            if record[STEP_KEY] not in held:
+                self._log(record)
+        self.curve_sent = bool(covered) and curve == covered[-1][STEP_KEY]
+
+    def _log(self, row: Dict[str, Any]) -> None:
+        self.run.log(dict(row), step=self.next_step, commit=True)
+        self.next_step += 1
+
+    # --- the hook ---
     def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
         if self.run is None:
             return
@@ -241,11 +306,12 @@ class WandbLogger:
             return
         self._guarded("log the last epochs", self._flush)
         curve = result.run_dir.curve_path
-        if self.run is not None and curve.is_file():
+        if self.run is not None and curve.is_file() and not self.curve_sent:
             def send_curve():
                 import wandb
 
-                self.run.log({STEP_KEY: result.env_steps, CURVE_KEY: wandb.Image(str(curve))})
+                self._log({STEP_KEY: result.env_steps, CURVE_KEY: wandb.Image(str(curve))})
+                self.curve_sent = True
             self._guarded("send the curve", send_curve)
         if self.run is not None:
             self._guarded("write the summary", lambda: self.run.summary.__setitem__("completed", result.completed))
@@ -255,30 +321,49 @@ class WandbLogger:
             self._finish(None, lambda exc: warn(f"could not finish the run ({_first_line(exc)}); the run "
                                                 f"directory is complete"))
 
+    def _flush(self) -> None:
+        while self.pending:
+            self._log(self.pending[0])
+            self.pending.pop(0)
+            self.curve_sent = False  # a curve sent before (a finished run resumed) is not the last row
+
     def _guarded(self, what: str, action) -> None:
-        """Do ``action``; a W&B error is one warning, after which this run stops logging to W&B."""
-        try:
-            action()
-        except Exception as exc:  # noqa: BLE001  (logging never costs a run)
-            warn(f"could not {what} ({_first_line(exc)}); the run goes on without W&B")
+        """Do ``action``. A W&B error (its service gone, say) restarts the run, which first sends
+        what W&B lost, then does ``action`` again, at most ``MAX_RESTARTS`` times a run; after
+        that an error is one warning, after which this run stops logging to W&B."""
+        while True:
+            try:
+                action()
+                return
+            except Exception as exc:  # noqa: BLE001  (logging never costs a run)
+                error = _first_line(exc)
             self._finish(1, lambda exc: None)
+            if self.restarts >= MAX_RESTARTS:
+                warn(f"could not {what} ({error}); the run goes on without W&B")
+                return
+            self.restarts += 1
+            warn(f"could not {what} ({error}); restarting the W&B run")
+            import wandb
+
+            try:
+                self.run = self._init(wandb, self.mode)
+                self._catch_up()
+            except Exception as exc:  # noqa: BLE001
+                self._finish(1, lambda exc: None)
+                warn(f"could not restart the W&B run ({_first_line(exc)}); the run goes on without W&B")
+                return
 
     def _finish(self, exit_code: Optional[int], on_error) -> None:
         import wandb
 
         run, self.run = self.run, None
-        try:
-            run.finish(exit_code=exit_code)
-        except Exception as exc:  # noqa: BLE001
-            on_error(exc)
+        if run is not None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as exc:  # noqa: BLE001
+                on_error(exc)
         _OPEN_RUNS.discard(self.open_id)
         _release_service(wandb)
-
-    def _flush(self) -> None:
-        for record in self.pending:
-            self.run.log(dict(record))
-            self.last_step = record[STEP_KEY]
-        self.pending = []
 
 
 # --- the command line -----------------------------------------------------------------------------

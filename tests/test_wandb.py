@@ -52,15 +52,18 @@ class FakeRun:
     fail_finish = False
 
     def __init__(self, **init):
-        self.init, self.logged, self.metrics, self.summary, self.finished = init, [], [], {}, 0
+        self.init, self.logged, self.steps, self.metrics, self.summary, self.finished = init, [], [], [], {}, 0
+        self.resumed, self.starting_step = False, 0
 
     def define_metric(self, name, step_metric=None):
         self.metrics.append((name, step_metric))
 
-    def log(self, row):
+    def log(self, row, step=None, commit=None):
         if self.fail_log:
             raise OSError("the W&B service went away")
+        assert commit is True and step is not None
         self.logged.append(row)
+        self.steps.append(step)
 
     def finish(self, exit_code=None):
         self.finished += 1
@@ -107,13 +110,14 @@ def test_logger_sends_config_records_once_covered_by_a_checkpoint_and_the_curve(
     assert wb.init["config"] == {**to_dict(cfg), "study": "s"}
     assert ("*", "env_steps") in wb.metrics  # env_steps is every key's step axis
     records = [{"env_steps": 200 * i, "eval/return_mean": float(i), "model/holdout_mse": 0.1} for i in (1, 2, 3)]
-    logger.epoch(records[0], None)
+    _epoch(logger, run, records[0], checkpointed=False)
     assert wb.logged == []  # no checkpoint covers it yet: a resume would redo this epoch
-    logger.epoch(records[1], run.checkpoint_path)
+    _epoch(logger, run, records[1])
     assert wb.logged == records[:2]
-    logger.epoch(records[2], None)
+    _epoch(logger, run, records[2], checkpointed=False)
     logger.end(TrainResult(run, 600, True, 3.0))
     assert wb.logged[:3] == records and wb.logged[3] == {"env_steps": 600, "curve": ("image", str(run.curve_path))}
+    assert wb.steps == [0, 1, 2, 3]  # explicit history steps: a resumed run's rows come after these
     assert wb.summary["completed"] is True
     logger.close()
     logger.close()
@@ -140,7 +144,7 @@ def test_an_online_start_that_fails_continues_offline_as_the_same_run(fake_wandb
     assert fake_wandb.teardowns == 1  # the failed run's service is shut down (no other run was open)
     err = capfd.readouterr().err
     assert err.count("mbpo-ray: warning: W&B:") == 1 and "within 2.5 s" in err and "wandb sync" in err
-    logger.epoch(_records(1)[0], run.checkpoint_path)
+    _epoch(logger, run, _records(1)[0])
     assert fake_wandb.runs[0].logged == _records(1)
     # a second run of the same process does not wait for W&B again
     other = WandbLogger(WandbOptions(mode="online"), "sac-x-seed4", run_id="id2")
@@ -154,30 +158,87 @@ def test_an_online_start_that_fails_continues_offline_as_the_same_run(fake_wandb
     assert fake_wandb.teardowns == 2
 
 
-def test_a_wandb_error_while_logging_or_finishing_is_a_warning_and_training_goes_on(fake_wandb, tmp_path, tiny_config,
-                                                                                    capfd):
+def _epoch(logger, run, record, checkpointed=True):
+    """What the driver does at an epoch's end: the record to metrics.jsonl, then the hook."""
+    run.append_metrics(record)
+    logger.epoch(record, run.checkpoint_path if checkpointed else None)
+
+
+def test_a_wandb_error_restarts_the_run_which_resends_what_was_lost_then_gives_up(fake_wandb, tmp_path, tiny_config,
+                                                                                  capfd, monkeypatch):
     cfg = tiny_config()
     run = RunDirectory(tmp_path / "run")
     run.create(cfg)
     run.curve_path.write_bytes(b"png")
     logger = WandbLogger(WandbOptions(mode="offline"), "x", run_id="id1")
     logger.start(run, cfg)
-    wb = fake_wandb.runs[0]
-    logger.epoch(_records(1)[0], run.checkpoint_path)
-    wb.fail_log = True
-    logger.epoch(_records(2)[1], run.checkpoint_path)  # raises inside: one warning, W&B dropped
-    assert logger.run is None and wb.finished == 1
-    logger.epoch(_records(3)[2], run.checkpoint_path)
-    logger.end(TrainResult(run, 600, True, 3.0))
+    records = _records(5)
+    _epoch(logger, run, records[0])
+    first = fake_wandb.runs[0]
+    first.fail_log = True  # its service is gone
+    _epoch(logger, run, records[1], checkpointed=False)
+    _epoch(logger, run, records[2])  # fails, restarts: the new run gets what the first did not write
+    assert first.finished == 1 and len(fake_wandb.runs) == 2 and fake_wandb.runs[1].init["id"] == "id1"
+    second = fake_wandb.runs[1]
+    # the stand-in writes no .wandb file, so nothing was durably held: every epoch again, in order
+    assert second.logged == records[:3] and second.steps == [0, 1, 2]
+    assert capfd.readouterr().err.count("could not log an epoch (OSError: the W&B service went away); "
+                                        "restarting the W&B run") == 1
+    # a W&B that keeps failing: two restarts a run, then the run goes on without W&B
+    monkeypatch.setattr(FakeRun, "fail_log", True)
+    _epoch(logger, run, records[3])
+    assert logger.run is None and len(fake_wandb.runs) == 3 and all(r.finished == 1 for r in fake_wandb.runs)
+    _epoch(logger, run, records[4])
+    logger.end(TrainResult(run, 1000, True, 3.0))
     logger.close()
-    assert wb.logged == _records(1)
-    assert capfd.readouterr().err.count("mbpo-ray: warning: W&B: could not log an epoch (OSError") == 1
+    err = capfd.readouterr().err
+    assert "restarting the W&B run" in err and "could not restart the W&B run (OSError" in err
+    assert len(fake_wandb.runs) == 3 and fake_wandb.runs[2].logged == []
     # finish failing
+    monkeypatch.setattr(FakeRun, "fail_log", False)
     logger = WandbLogger(WandbOptions(mode="offline"), "x", run_id="id2")
     logger.start(run, cfg)
     fake_wandb.runs[-1].fail_finish = True
     logger.close()
     assert "could not finish the run (OSError" in capfd.readouterr().err
+
+
+def test_a_resumed_online_run_sends_only_what_w_and_bs_servers_lack(fake_wandb, tmp_path, tiny_config):
+    cfg = tiny_config()
+    run = RunDirectory(tmp_path / "run")
+    run.create(cfg)
+    run.curve_path.write_bytes(b"png")
+    records = _records(4)
+    for record in records:
+        run.append_metrics(record)
+    original_init = fake_wandb.init
+
+    def resumed_init(**kwargs):  # W&B's servers acknowledged two epochs, as steps 0 and 1
+        wb = original_init(**kwargs)
+        wb.resumed, wb.starting_step, wb.summary = True, 2, {"env_steps": 400, "eval/return_mean": 2.0}
+        return wb
+    fake_wandb.init = resumed_init
+    logger = WandbLogger(WandbOptions(mode="online"), "x", run_id="id1")
+    logger.start(run, cfg)
+    wb = fake_wandb.runs[0]
+    assert wb.logged == records[2:] and wb.steps == [2, 3]
+    logger.end(TrainResult(run, 800, True, 4.0))
+    assert wb.logged[-1] == {"env_steps": 800, "curve": ("image", str(run.curve_path))} and wb.steps[-1] == 4
+    logger.close()
+    # resumed again once W&B holds it all, curve included: nothing is sent twice
+    fake_wandb.runs.clear()
+
+    def complete_init(**kwargs):
+        wb = original_init(**kwargs)
+        wb.resumed, wb.starting_step = True, 5
+        wb.summary = {"env_steps": 800, "curve": {"_type": "image-file"}, "completed": True}
+        return wb
+    fake_wandb.init = complete_init
+    logger = WandbLogger(WandbOptions(mode="online"), "x", run_id="id1")
+    logger.start(run, cfg)
+    logger.end(TrainResult(run, 800, True, 4.0))
+    logger.close()
+    assert fake_wandb.runs[0].logged == [] and fake_wandb.runs[0].finished == 1
 
 
 def test_train_with_a_key_and_an_unreachable_wandb_logs_offline(tmp_path, monkeypatch, capfd):
@@ -250,3 +311,100 @@ def test_a_process_drops_a_wandb_service_it_did_not_start():
     mine = {"WANDB_SERVICE": f"3-{os.getpid()}-tcp-localhost-4711"}
     own_service(mine)
     assert mine == {"WANDB_SERVICE": f"3-{os.getpid()}-tcp-localhost-4711"}
+
+
+# A run of `mbpo-ray train --wandb` (offline) whose faults come from hooks around the W&B logger:
+# FAULTS names them, each "<what>@<env_steps>": "service" SIGKILLs the process's wandb-core service
+# after that epoch (the next log fails and the logger restarts the W&B run), "epoch" SIGKILLs the
+# process after the W&B logger has taken that epoch (still in the service's buffer), "end"
+# SIGKILLs it at the end of the run before the W&B logger sends the curve and finishes.
+FAULTY_TRAIN = r"""
+import os, signal, sys
+from pathlib import Path
+from mbpo_ray.cli import main
+import mbpo_ray.wandb_log as wandb_log
+
+faults = dict(reversed(f.split("@")) for f in os.environ["FAULTS"].split(",") if f)
+
+def service_pids():
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"wandb-core" in cmd:
+            yield int(proc.name)
+
+class Faults:
+    def __init__(self, when):
+        self.when = when
+    def start(self, run, cfg):
+        pass
+    def epoch(self, record, checkpoint):
+        what = faults.get(str(record["env_steps"]))
+        if self.when == "after" and what == "epoch":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.when == "after" and what == "service":
+            for pid in list(service_pids()):
+                os.kill(pid, signal.SIGKILL)
+    def end(self, result):
+        if self.when == "before" and "end" in faults.values():
+            os.kill(os.getpid(), signal.SIGKILL)
+    def close(self):
+        pass
+
+made = wandb_log.train_hooks
+wandb_log.train_hooks = lambda *a: [Faults("before"), *made(*a), Faults("after")]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_with_faults(args, faults):
+    import subprocess
+
+    env = {**os.environ, "FAULTS": faults, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-c", FAULTY_TRAIN, *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_every_epoch_reaches_wandb_once_after_killed_processes_and_a_killed_service(tmp_path):
+    """The W&B history read back from the run's offline files (mbpo_ray.wandb_records, the rows
+    in the order `wandb sync` uploads the folders) equals metrics.jsonl after: the W&B service
+    killed under the run, the process killed with two epochs in the service's buffer, the
+    resumed process killed at the end before its curve and finish, a last resume."""
+    from mbpo_ray.wandb_records import run_files
+
+    run_dir = tmp_path / "run"
+    flags = ["--wandb", "--no-progress"]
+    first = _train_with_faults(["train", *TINY, "--steps", "800", "--out", str(run_dir), *flags],
+                               "service@200,epoch@400")
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert "restarting the W&B run" in first.stderr  # the service's death was noticed at the next epoch
+    second = _train_with_faults(["train", "--resume", str(run_dir), *flags], "end@800")
+    assert second.returncode == -9, second.stderr[-2000:]
+    third = _train_with_faults(["train", "--resume", str(run_dir), *flags], "")
+    assert third.returncode == 0, third.stderr[-2000:]
+
+    metrics = RunDirectory(run_dir).read_metrics()
+    assert [r["env_steps"] for r in metrics] == [200, 400, 600, 800]
+    parts = run_files(run_dir, existing_run_id(run_dir))
+    assert len(parts) == 4  # first process (2 runs: one restarted), second, third
+    rows = [row for part in parts for row in part.history]
+    epochs = [row for row in rows if "curve" not in row]
+    assert [row["env_steps"] for row in epochs] == [200, 400, 600, 800]  # each once, in order
+    for row, record in zip(epochs, metrics):
+        assert {k: row[k] for k in record} == record
+    assert "curve" in rows[-1] and rows[-1]["env_steps"] == 800 and sum("curve" in row for row in rows) == 1
+    steps = [row["_step"] for row in rows]
+    assert steps == sorted(set(steps))  # the history steps rise across the folders
+    assert parts[-1].exit_code == 0  # the run ends finished
+    # a finished run resumed once more has nothing to send: no new W&B folder
+    assert _train_with_faults(["train", "--resume", str(run_dir), *flags], "").returncode == 0
+    assert len(run_files(run_dir, existing_run_id(run_dir))) == 4
+    # resumed for one more epoch: what W&B holds is not sent again, the new epoch and curve follow
+    assert _train_with_faults(["train", "--resume", str(run_dir), "--steps", "1000", *flags], "").returncode == 0
+    parts = run_files(run_dir, existing_run_id(run_dir))
+    assert len(parts) == 5 and parts[-1].exit_code == 0
+    assert [(row["env_steps"], "curve" in row) for row in parts[-1].history] == [(1000, False), (1000, True)]
+    assert [row["_step"] for row in parts[-1].history] == [steps[-1] + 1, steps[-1] + 2]

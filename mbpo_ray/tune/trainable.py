@@ -361,12 +361,10 @@ def _run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
         return  # the study's time budget has passed: not started (the summary says so)
     if states is None:
         clear_run(trial.path)
-    elif min(state["env_steps"] for state in states.values()) >= cfg.total_steps:
-        # finished before the study's driver stopped
-        if mirror is not None:
-            mirror.sync()
-        tune.report(tune_result(trial.last_records(), ray.get_runtime_context().get_node_id()))
-        return
+    # A trial that finished before the study's driver stopped is resumed like any other (no
+    # epoch is left to run): its W&B run gets what it lacks (docs/sweeps.md, "W&B"), then the
+    # trial reports its last epoch to Tune.
+    finished = states is not None and min(state["env_steps"] for state in states.values()) >= cfg.total_steps
 
     reporter = TuneReporter(trial, full_snapshots=not shared, mirror=mirror, deadline=settings.get("deadline"))
     loggers = {seed: [] for seed in trial.seeds}
@@ -392,3 +390,5 @@ def _run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     finally:
         if mirror is not None:  # the curve and W&B's last files; Tune uploads them as the trial ends
             mirror.sync()
+    if finished:
+        tune.report(tune_result(trial.last_records(), reporter.node_id))
