@@ -6,6 +6,7 @@ be placed refused at submission. Budgets are tiny (tests/conftest.py's tiny_conf
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import textwrap
 import time
 import types
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -30,6 +32,7 @@ from mbpo_ray.group_dir import GroupDirectory  # noqa: E402
 from mbpo_ray.tune.study import StudyError, cells, load_study, trial_config  # noqa: E402
 from mbpo_ray.tune.sweep import sweep  # noqa: E402
 from mbpo_ray.wandb_log import stable_run_id  # noqa: E402
+from helpers import assert_wandb_history_is_the_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "fake-wandb-key-0123456789abcdef0123456789abcdef"
@@ -444,14 +447,33 @@ def _lines(path: Path):
     return path.read_text().splitlines() if path.is_file() else []
 
 
-def test_killed_study_driver_resumes_without_rerunning_or_repeating(ray_cluster, tmp_path):
+def _trial_pids():
+    """The processes of the study's running trials (Ray workers titled ``ray::<...>Trainable...``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and title.startswith(b"ray::") and b"Trainable" in title:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_killed_trial_then_driver_resume_with_every_epoch_once_in_metrics_and_wandb(ray_cluster, tmp_path):
+    """A trial's process SIGKILLed mid-run (Tune restarts it), then the study driver's process
+    group SIGKILLed, then `mbpo-ray sweep --resume`: the finished trial is not run again, the
+    unfinished one continues from its checkpoint, and each trial's W&B run, read back from its
+    offline files in upload order, holds every epoch of its metrics.jsonl once, then its curve,
+    and ends finished (docs/sweeps.md, "W&B")."""
     path = write_study(tmp_path, """
         algorithms: [sac]
         envs: [InvertedPendulum-v5]
         seeds: [0, 1]
         budget: {env_steps: 800}
         max_concurrent_trials: 1
-        wandb: {mode: disabled}
+        max_failures: 1
+        wandb: {mode: offline}
         """, "killed")
     folder = tmp_path / "study"
     first, second = "sac-InvertedPendulum-v5-seed0", "sac-InvertedPendulum-v5-seed1"
@@ -459,14 +481,22 @@ def test_killed_study_driver_resumes_without_rerunning_or_repeating(ray_cluster,
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(command + [str(path), "--out", str(folder), "--address", ray_cluster.address],
                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-    try:
-        # the first trial finished; the second has written two epochs (its first checkpoint
-        # is a whole epoch old, so Tune has recorded it) and has two to go
+
+    def wait_for(done, what):
         deadline = time.time() + 300
-        while not (len(_lines(_metrics(folder, first))) == 4 and len(_lines(_metrics(folder, second))) >= 2):
+        while not done():
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.time() < deadline, "the study did not get there in 300 s"
-            time.sleep(0.2)
+            assert time.time() < deadline, f"the study did not get to {what} in 300 s"
+            time.sleep(0.1)
+    try:
+        # the first trial has written two epochs (Tune has recorded its first checkpoint) and
+        # given W&B the second: its process is killed with that epoch in its W&B service
+        wait_for(lambda: len(_lines(_metrics(folder, first))) >= 2, "the first kill")
+        (killed_trial,) = _trial_pids()  # one trial at a time: the first one's
+        os.kill(killed_trial, signal.SIGKILL)
+        # then the first trial finished; the second has written two epochs and has two to go
+        wait_for(lambda: len(_lines(_metrics(folder, first))) == 4 and len(_lines(_metrics(folder, second))) >= 2,
+                 "the driver's kill")
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
     finally:
@@ -494,6 +524,11 @@ def test_killed_study_driver_resumes_without_rerunning_or_repeating(ray_cluster,
     after = _lines(_metrics(folder, second))
     assert env_steps(RunDirectory(folder / "runs" / second)) == [200, 400, 600, 800]
     assert after[0] == before_second[0]
+    study_id = json.loads((folder / "sweep.json").read_text())["id"]
+    # the first trial: its killed process and its restart; the second: before and after the driver kill
+    for name, processes in ((first, 2), (second, 2)):
+        parts = assert_wandb_history_is_the_metrics(folder / "runs" / name, stable_run_id(study_id, name))
+        assert len(parts) == processes, (name, parts)
 
 
 @pytest.mark.parametrize("seeds", [[3], [0, 4]])

@@ -15,6 +15,7 @@ from mbpo_ray.cli import main
 from mbpo_ray.config import to_dict
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.driver import TrainResult
+from helpers import assert_wandb_history_is_the_metrics
 from mbpo_ray.wandb_log import WandbLogger, WandbOptions, existing_run_id, resolve_mode, stable_run_id
 
 FAKE_KEY = "fake-wandb-key-fedcba9876543210fedcba9876543210"
@@ -386,19 +387,12 @@ def test_every_epoch_reaches_wandb_once_after_killed_processes_and_a_killed_serv
     third = _train_with_faults(["train", "--resume", str(run_dir), *flags], "")
     assert third.returncode == 0, third.stderr[-2000:]
 
-    metrics = RunDirectory(run_dir).read_metrics()
-    assert [r["env_steps"] for r in metrics] == [200, 400, 600, 800]
-    parts = run_files(run_dir, existing_run_id(run_dir))
+    assert [r["env_steps"] for r in RunDirectory(run_dir).read_metrics()] == [200, 400, 600, 800]
+    parts = assert_wandb_history_is_the_metrics(run_dir, existing_run_id(run_dir))
     assert len(parts) == 4  # first process (2 runs: one restarted), second, third
     rows = [row for part in parts for row in part.history]
-    epochs = [row for row in rows if "curve" not in row]
-    assert [row["env_steps"] for row in epochs] == [200, 400, 600, 800]  # each once, in order
-    for row, record in zip(epochs, metrics):
-        assert {k: row[k] for k in record} == record
-    assert "curve" in rows[-1] and rows[-1]["env_steps"] == 800 and sum("curve" in row for row in rows) == 1
+    assert sum("curve" in row for row in rows) == 1
     steps = [row["_step"] for row in rows]
-    assert steps == sorted(set(steps))  # the history steps rise across the folders
-    assert parts[-1].exit_code == 0  # the run ends finished
     # a finished run resumed once more has nothing to send: no new W&B folder
     assert _train_with_faults(["train", "--resume", str(run_dir), *flags], "").returncode == 0
     assert len(run_files(run_dir, existing_run_id(run_dir))) == 4
