@@ -114,3 +114,37 @@ def run_files(run_dir: Path, run_id: str, offline_only: bool = True) -> List[Run
         if name.startswith(("offline-run-", "run-")) and log.is_file():
             found.append((name.split("run-", 1)[1], log))
     return [read_run_file(log) for _, log in sorted(found)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # NaN is NaN
+
+
+def history_mismatch(run_dir: Path, run_id: str) -> Optional[str]:
+    """None when the W&B run ``run_id``'s offline files in ``run_dir`` hold, in upload order,
+    every epoch of metrics.jsonl once with its values, then the curve at the last env step, with
+    rising history steps, and the last part finished; else what is wrong, in one line."""
+    from mbpo_ray.run_dir import RunDirectory
+
+    metrics = RunDirectory(run_dir).read_metrics()
+    parts = run_files(run_dir, run_id)
+    rows = [row for part in parts for row in part.history]
+    if not rows:
+        return f"{run_dir}: no W&B history in its offline runs ({len(parts)} folder(s) of run {run_id})"
+    epochs = [row.get("env_steps") for row in rows if "curve" not in row]
+    wanted = [record["env_steps"] for record in metrics]
+    if epochs != wanted:
+        return f"{run_dir}: W&B holds the epochs at env steps {epochs}, metrics.jsonl {wanted}"
+    for row, record in zip((row for row in rows if "curve" not in row), metrics):
+        for key, value in record.items():
+            if not _same(row.get(key), value):
+                return (f"{run_dir}: the epoch at {record['env_steps']} env steps has {key} {row.get(key)!r} on W&B, "
+                        f"{value!r} in metrics.jsonl")
+    if "curve" not in rows[-1] or rows[-1].get("env_steps") != wanted[-1]:
+        return f"{run_dir}: the W&B run does not end with the curve at {wanted[-1] if wanted else 0} env steps"
+    steps = [row["_step"] for row in rows]
+    if steps != sorted(set(steps)):
+        return f"{run_dir}: W&B history steps {steps} do not rise"
+    if parts[-1].exit_code != 0:
+        return f"{run_dir}: the W&B run's last part did not finish (exit code {parts[-1].exit_code})"
+    return None

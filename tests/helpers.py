@@ -54,21 +54,11 @@ def toy_trainer(**model_fields):
 
 def assert_wandb_history_is_the_metrics(run_dir, run_id):
     """The W&B run ``run_id`` of ``run_dir``, read back from its offline ``.wandb`` files in the
-    order `wandb sync` uploads them (mbpo_ray.wandb_records): each epoch of metrics.jsonl once,
-    with its values, in order, then the curve at the last env step, history steps rising across
-    the folders, and the last folder finished (exit 0). Returns the folders' parts."""
-    from mbpo_ray.run_dir import RunDirectory
-    from mbpo_ray.wandb_records import run_files
+    order `wandb sync` uploads them, is its metrics.jsonl (mbpo_ray.wandb_records.history_mismatch:
+    each epoch once with its values, in order, then the curve, rising steps, finished). Returns
+    the folders' parts."""
+    from mbpo_ray.wandb_records import history_mismatch, run_files
 
-    metrics = RunDirectory(run_dir).read_metrics()
-    parts = run_files(run_dir, run_id)
-    rows = [row for part in parts for row in part.history]
-    epochs = [row for row in rows if "curve" not in row]
-    assert [row["env_steps"] for row in epochs] == [r["env_steps"] for r in metrics], (run_dir, parts)
-    for row, record in zip(epochs, metrics):
-        assert {k: row.get(k) for k in record} == record, run_dir
-    assert "curve" in rows[-1] and rows[-1]["env_steps"] == metrics[-1]["env_steps"], run_dir
-    steps = [row["_step"] for row in rows]
-    assert steps == sorted(set(steps)), run_dir
-    assert parts[-1].exit_code == 0, run_dir
-    return parts
+    problem = history_mismatch(run_dir, run_id)
+    assert problem is None, problem
+    return run_files(run_dir, run_id)

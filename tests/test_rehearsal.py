@@ -133,6 +133,8 @@ def test_rehearsal_of_aws_with_a_bucket_and_an_unreachable_wandb(tmp_path, monke
     assert "Learner on gpu" in steps["placement"]["detail"] and "EnvCollector on cpu" in steps["placement"]["detail"]
     assert "went on from its checkpoint on another node" in steps["resumed elsewhere"]["detail"]
     assert "2 checkpoint.pt in 2 kept Tune checkpoint(s), none elsewhere" in steps["results"]["detail"]
+    # the W&B run of the trial whose node was lost holds every epoch once (read back from the bucket)
+    assert "offline W&B run(s) hold every epoch once, then the curve" in steps["results"]["detail"]
     assert "the W&B key is in none of" in steps["secrets"]["detail"]
     # the trial fell back to offline W&B (both of its processes, as the same run), the runs in the bucket
     runs = sorted((tmp_path / "r" / "downloaded" / "tune").glob("*/wandb/*-run-*"))

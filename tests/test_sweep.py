@@ -531,10 +531,35 @@ def test_killed_trial_then_driver_resume_with_every_epoch_once_in_metrics_and_wa
         assert len(parts) == processes, (name, parts)
 
 
+def test_the_bucket_gets_wandb_logs_as_the_tune_checkpoint_has_them_until_the_run_ends(tmp_path):
+    """Object-store storage: what the trial's artifacts hold of its W&B run is what a trial
+    restored from its last Tune checkpoint knows it holds (so a restored trial sends no epoch
+    twice), and all of it once the run has ended."""
+    from mbpo_ray.tune.trainable import ArtifactMirror
+
+    source, target, snapshot = tmp_path / "trial", tmp_path / "tune", tmp_path / "snapshot"
+    log = Path("wandb") / "offline-run-20260101_000000-r" / "run-r.wandb"
+    for folder, text in ((source, "live 1"), (snapshot, "at the checkpoint")):
+        (folder / log).parent.mkdir(parents=True)
+        (folder / log).write_text(text)
+    (source / "metrics.jsonl").write_text("{}\n")
+    mirror = ArtifactMirror(source, target)
+    mirror.sync(wandb_logs_from=None)  # an epoch without a checkpoint
+    assert (target / "metrics.jsonl").is_file() and not (target / log).exists()
+    mirror.sync(wandb_logs_from=snapshot)  # a checkpoint
+    assert (target / log).read_text() == "at the checkpoint"
+    (source / log).write_text("live 2, longer")
+    mirror.sync(wandb_logs_from=None)
+    assert (target / log).read_text() == "at the checkpoint"
+    mirror.sync()  # the run has ended
+    assert (target / log).read_text() == "live 2, longer"
+
+
 @pytest.mark.parametrize("seeds", [[3], [0, 4]])
 def test_a_full_tune_checkpoint_restores_every_run_of_the_trial(seeds, tmp_path):
     """Object-store storage: a Tune checkpoint holds the trial's runs (checkpoint.pt, metrics,
-    config; a group's group.yaml) and a restored trial gets them back in a new folder."""
+    config, W&B's transaction logs; a group's group.yaml) and a restored trial gets them back in
+    a new folder."""
     from mbpo_ray.tune.trainable import TrialRuns, restore_snapshot, write_snapshot
 
     trial = TrialRuns(tmp_path / "node1", seeds)
@@ -544,6 +569,10 @@ def test_a_full_tune_checkpoint_restores_every_run_of_the_trial(seeds, tmp_path)
         run.path.mkdir(parents=True, exist_ok=True)
         for path in (run.checkpoint_path, run.metrics_path, run.config_path):
             path.write_bytes(f"{path.name} of seed {seed}".encode())
+        # the W&B transaction logs of the run's two processes so far (what its W&B run holds)
+        for folder in ("offline-run-20260101_000000-r", "offline-run-20260101_000100-r"):
+            (run.path / "wandb" / folder).mkdir(parents=True)
+            (run.path / "wandb" / folder / "run-r.wandb").write_bytes(f"{folder} of seed {seed}".encode())
     snapshot = tmp_path / "snapshot"
     write_snapshot(trial, snapshot)
     # no tool takes the snapshot for a run directory
@@ -552,4 +581,4 @@ def test_a_full_tune_checkpoint_restores_every_run_of_the_trial(seeds, tmp_path)
     restore_snapshot(tune.Checkpoint.from_directory(str(snapshot)), moved)
     before = {p.relative_to(trial.path): p.read_bytes() for p in trial.path.rglob("*") if p.is_file()}
     after = {p.relative_to(moved.path): p.read_bytes() for p in moved.path.rglob("*") if p.is_file()}
-    assert after == before and len(before) == 3 * len(seeds) + (len(seeds) > 1)
+    assert after == before and len(before) == 5 * len(seeds) + (len(seeds) > 1)

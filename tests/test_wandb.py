@@ -402,3 +402,98 @@ def test_every_epoch_reaches_wandb_once_after_killed_processes_and_a_killed_serv
     assert len(parts) == 5 and parts[-1].exit_code == 0
     assert [(row["env_steps"], "curve" in row) for row in parts[-1].history] == [(1000, False), (1000, True)]
     assert [row["_step"] for row in parts[-1].history] == [steps[-1] + 1, steps[-1] + 2]
+
+
+def _wandb_file(path, records, cut=0):
+    """A ``.wandb`` file as W&B writes it (docs in mbpo_ray/wandb_records.py): ``records`` split
+    over 32 KiB blocks, a record that does not fit in its block's rest continued in the next;
+    ``cut`` bytes taken off the end (a killed writer)."""
+    import struct
+    import zlib
+
+    from mbpo_ray.wandb_records import BLOCK_BYTES, FILE_HEADER
+
+    out = bytearray(FILE_HEADER)
+    for record in records:
+        data, first = record.SerializeToString(), True
+        while True:
+            room = BLOCK_BYTES - len(out) % BLOCK_BYTES
+            if room < 7:
+                out += bytes(room)
+                continue
+            chunk, data = data[:room - 7], data[room - 7:]
+            kind = (1 if not data else 2) if first else (4 if not data else 3)
+            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + chunk), len(chunk), kind) + chunk
+            first = False
+            if not data:
+                break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(out[:len(out) - cut]))
+
+
+def _history(step, **values):
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    record = pb.Record()
+    record.history.step.num = step
+    for key, value in values.items():
+        item = record.history.item.add()
+        if isinstance(value, dict):  # a media value: one item per field
+            record.history.item.pop()
+            for field, v in value.items():
+                item = record.history.item.add()
+                item.nested_key.extend([key, field])
+                item.value_json = json.dumps(v)
+        else:
+            item.key, item.value_json = key, json.dumps(value)
+    return record
+
+
+def _exit(code):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    record = pb.Record()
+    record.exit.exit_code = code
+    return record
+
+
+def test_the_wandb_reader_reads_records_across_blocks_stops_at_a_cut_tail_and_compares_with_metrics(tmp_path,
+                                                                                                    tiny_config):
+    from mbpo_ray.wandb_records import history_mismatch, run_files
+
+    run = RunDirectory(tmp_path / "run")
+    run.create(tiny_config())
+    records = [{"env_steps": 200 * i, "eval/return_mean": float(i), "note": "x" * 9000} for i in (1, 2, 3, 4, 5)]
+    for record in records:
+        run.append_metrics(record)
+    wandb_dir = run.path / "wandb"
+    # the first process: three epochs written (45 KB: the second spans two blocks), the third cut
+    _wandb_file(wandb_dir / "offline-run-20260101_000000-r1" / "run-r1.wandb",
+                [_history(i, **r) for i, r in enumerate(records[:3])], cut=10)
+    # the second: the rest, the curve, finished
+    curve = {"_type": "image-file", "path": "media/images/curve.png"}
+    second = [_history(2 + i, **r) for i, r in enumerate(records[2:])] + [_history(5, env_steps=1000, curve=curve),
+                                                                         _exit(0)]
+    _wandb_file(wandb_dir / "offline-run-20260101_000100-r1" / "run-r1.wandb", second)
+    parts = run_files(run.path, "r1")
+    assert [[row["env_steps"] for row in part.history] for part in parts] == [[200, 400], [600, 800, 1000, 1000]]
+    assert parts[0].exit_code is None and parts[1].exit_code == 0
+    assert parts[1].history[-1]["curve"] == curve and parts[0].history[1]["note"] == "x" * 9000
+    assert history_mismatch(run.path, "r1") is None
+    # what it tells apart: an epoch twice, a value changed, no curve at the end, no finish
+    _wandb_file(wandb_dir / "offline-run-20260101_000000-r1" / "run-r1.wandb",
+                [_history(i, **r) for i, r in enumerate(records[:3])])
+    assert "W&B holds the epochs at env steps [200, 400, 600, 600, 800, 1000]" in history_mismatch(run.path, "r1")
+    _wandb_file(wandb_dir / "offline-run-20260101_000100-r1" / "run-r1.wandb",
+                [_history(2, **records[2]), _history(3, **{**records[3], "eval/return_mean": 9.0}),
+                 _history(4, **records[4]), _exit(0)])
+    _wandb_file(wandb_dir / "offline-run-20260101_000000-r1" / "run-r1.wandb",
+                [_history(i, **r) for i, r in enumerate(records[:2])])
+    assert "800 env steps has eval/return_mean 9.0 on W&B, 4.0 in metrics.jsonl" in history_mismatch(run.path, "r1")
+    _wandb_file(wandb_dir / "offline-run-20260101_000100-r1" / "run-r1.wandb",
+                [_history(2 + i, **r) for i, r in enumerate(records[2:])] + [_exit(0)])
+    assert "does not end with the curve at 1000" in history_mismatch(run.path, "r1")
+    _wandb_file(wandb_dir / "offline-run-20260101_000100-r1" / "run-r1.wandb", second[:-1])
+    assert "last part did not finish (exit code None)" in history_mismatch(run.path, "r1")

@@ -17,8 +17,9 @@
 8. job: the job ends SUCCEEDED (``mbpo-ray sweep`` exited 0: every trial finished);
 9. resumed elsewhere: the lost node's trial went on from its checkpoint on another node and
    reached its budget;
-10. results: every trial's metrics are complete where the storage keeps them; in a bucket only
-    the kept checkpoints; the W&B key (when set) is in no file of the study nor of Ray's logs.
+10. results: every trial's metrics are complete where the storage keeps them, each offline W&B
+    run holds every epoch of its metrics once (mbpo_ray.wandb_records); in a bucket only the
+    kept checkpoints; the W&B key (when set) is in no file of the study nor of Ray's logs.
 
 Each step prints one line with its verdict and time; a failed step stops the rehearsal with one
 line naming the step, what went wrong and what to change. ``--record FILE`` writes the steps as
@@ -495,6 +496,8 @@ def _failed_once(out: str, s3, download: Path, trial: str) -> bool:
 def _check_results(results, budget: int, out: str, s3, folder: Path) -> str:
     from mbpo_ray.analysis.report import find_run_dirs
     from mbpo_ray.run_dir import RunDirectory
+    from mbpo_ray.wandb_log import existing_run_id
+    from mbpo_ray.wandb_records import history_mismatch
 
     where = folder / "downloaded" if s3 is not None else Path(out)
     runs = find_run_dirs([where])
@@ -506,6 +509,15 @@ def _check_results(results, budget: int, out: str, s3, folder: Path) -> str:
     if twice:
         raise ConfigError(f"an epoch recorded twice in the metrics of {twice[0]}: {steps[twice[0]]}")
     detail = f"{len(results)} trial(s), {len(runs)} run directory(ies) complete"
+    # each offline W&B run, read back in upload order, is its run's metrics.jsonl: every epoch
+    # once, the curve, finished (also for the trial whose node was lost)
+    logged = [r for r in runs if (Path(r) / "wandb").is_dir()]
+    for run in logged:
+        problem = history_mismatch(Path(run), existing_run_id(Path(run)))
+        if problem:
+            raise ConfigError(f"W&B: {problem}")
+    if logged:
+        detail += f"; {len(logged)} offline W&B run(s) hold every epoch once, then the curve"
     if s3 is not None:
         prefix = out.split(f"s3://{BUCKET}/", 1)[1] + "/"
         keys = s3.keys(prefix)

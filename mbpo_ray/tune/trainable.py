@@ -16,8 +16,9 @@ Tune checkpoint holds depends on the storage:
 - an ``s3://`` / ``gs://`` study folder: the trial's folder is a scratch folder on its node,
   outside Tune's working directory (``scratch_folder``); the Tune checkpoint holds each run's
   checkpoint.pt and copies of its metrics.jsonl and config.yaml (renamed, so that no tool takes
-  it for a run directory; packed seeds under ``seed<N>/`` with the group's group.yaml), and a
-  restored trial first puts them back into its folder. Everything of the run directory but
+  it for a run directory; packed seeds under ``seed<N>/`` with the group's group.yaml) and of its
+  W&B transaction logs (what its W&B run holds), and a restored trial first puts them back into
+  its folder. Everything of the run directory but
   its checkpoints (metrics.jsonl, config.yaml, curve.png, wandb/) is mirrored into the working
   directory before each report (``ArtifactMirror``), which Tune uploads as the trial's
   artifacts: each checkpoint reaches the bucket once, in a Tune checkpoint, and Tune's
@@ -53,6 +54,9 @@ SNAPSHOT_METRICS = "metrics-snapshot.jsonl"
 SNAPSHOT_CONFIG = "config-snapshot.yaml"
 SNAPSHOT_GROUP = "group-snapshot.yaml"
 SNAPSHOT_INFO = "snapshot.json"
+# W&B's transaction log of each run of a trial (a packed trial's under seed<N>/)
+WANDB_LOGS = "**/wandb/*run-*/run-*.wandb"
+LIVE: Any = object()  # ``ArtifactMirror.sync``: W&B's logs as they are in the trial folder
 # Added to every result a trial reports to Tune (not to metrics.jsonl): the Ray node that ran
 # it, so that Tune's results show where each trial ran and where a restarted trial went on.
 NODE_KEY = "node_id"
@@ -97,6 +101,12 @@ class TrialRuns:
                       (run.metrics_path, where + SNAPSHOT_METRICS),
                       (run.config_path, where + SNAPSHOT_CONFIG)]
         return files
+
+    def wandb_logs(self) -> List[Tuple[Path, str]]:
+        """(file, its name in a full Tune checkpoint): the W&B transaction logs of the trial's
+        runs (``WANDB_LOGS``, a few KB an epoch), so that a trial restored on another node knows
+        what its W&B run holds (docs/sweeps.md, "W&B")."""
+        return [(log, str(log.relative_to(self.path))) for log in self.path.glob(WANDB_LOGS) if not log.is_symlink()]
 
     def load_checkpoints(self) -> Optional[Dict[int, Dict[str, Any]]]:
         """Every run's checkpoint, or None when some run has none (the trial starts afresh)."""
@@ -147,20 +157,31 @@ def scratch_folder(study_id: str, trial_name: str) -> Path:
 class ArtifactMirror:
     """Copies a trial's run directory, less ``NOT_MIRRORED``, into Tune's working directory
     (object-store storage: the trial's artifacts). A file is copied again only when its size or
-    modification time changed."""
+    modification time changed.
+
+    W&B's transaction logs (``WANDB_LOGS``) are copied from ``wandb_logs_from``: the Tune
+    checkpoint being written (so that what the bucket holds of a W&B run is what a trial
+    restored from that checkpoint knows it holds, and a restored trial sends no epoch twice),
+    None between checkpoints (left as they are), or the trial folder itself once the run has
+    ended (``sync``'s default)."""
 
     def __init__(self, source: Path, target: Path):
         self.source, self.target = source, target
         self.copied: Dict[str, Tuple[int, int]] = {}
 
-    def sync(self) -> None:
+    def sync(self, wandb_logs_from: Optional[Path] = LIVE) -> None:
         if not self.source.is_dir():
             return
+        logs = {str(log.relative_to(self.source)) for log in self.source.glob(WANDB_LOGS)}
         for path in sorted(self.source.rglob("*")):
             rel = path.relative_to(self.source)
             if (any(part in NOT_MIRRORED or part.startswith(SNAPSHOT_PREFIX) for part in rel.parts)
                     or path.is_symlink() or not path.is_file()):
                 continue
+            if str(rel) in logs and wandb_logs_from is not LIVE:
+                if wandb_logs_from is None or not (wandb_logs_from / rel).is_file():
+                    continue
+                path = wandb_logs_from / rel
             try:
                 stat = path.stat()
                 key = (stat.st_size, stat.st_mtime_ns)
@@ -188,9 +209,9 @@ class TuneReporter(GroupHook):
 
     def epoch(self, records: Dict[int, Dict[str, Any]], checkpointed: bool) -> None:
         result = tune_result(records, self.node_id)
-        if self.mirror is not None:
-            self.mirror.sync()
         if not checkpointed:
+            if self.mirror is not None:
+                self.mirror.sync(wandb_logs_from=None)
             self._report(result)
             return
         # beside the trial's folder, never inside Tune's working directory (which Tune uploads)
@@ -198,6 +219,8 @@ class TuneReporter(GroupHook):
         try:
             if self.full_snapshots:
                 write_snapshot(self.trial, folder)
+            if self.mirror is not None:
+                self.mirror.sync(wandb_logs_from=folder)
             (folder / SNAPSHOT_INFO).write_text(json.dumps({"env_steps": result["env_steps"]}))
             # Tune copies the folder into the study's storage before report returns
             self._report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)))
@@ -252,7 +275,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 def write_snapshot(trial: TrialRuns, folder: Path) -> None:
     """A full Tune checkpoint's files (object-store storage): ``TrialRuns.snapshot_files``."""
-    for source, name in trial.snapshot_files():
+    for source, name in trial.snapshot_files() + trial.wandb_logs():
         _copy(source, folder / name)
 
 
@@ -261,6 +284,10 @@ def restore_snapshot(checkpoint: "tune.Checkpoint", trial: TrialRuns) -> None:
     with checkpoint.as_directory() as folder:
         for target, name in trial.snapshot_files():
             _copy(Path(folder) / name, target)
+        for log in Path(folder).glob(WANDB_LOGS):
+            target = trial.path / log.relative_to(folder)
+            if not target.exists():
+                _copy(log, target)
 
 
 def clear_run(path: Path) -> None:
