@@ -378,8 +378,9 @@ def test_each_packed_seed_has_its_own_wandb_run(packed):
         runs = sorted((run_dir / "wandb").glob("offline-run-*"))
         assert len(runs) == 2 and all((r / f"run-{run_id}.wandb").is_file() for r in runs), runs  # killed once
         data = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
-        for text in (f"{name}-seed{seed}", "eval/return_mean", "curve"):
-            assert text.encode() in data, (seed, text)
+        assert f"{name}-seed{seed}".encode() in data, seed
+        # each seed's W&B run, across the killed process and its restart: every epoch once
+        assert_wandb_history_is_the_metrics(run_dir, run_id)
 
 
 def test_ray_runtime_trial_actors_run_inside_its_placement_group(ray_cluster, tmp_path):
