@@ -310,7 +310,11 @@ class WandbLogger:
             def send_curve():
                 import wandb
 
-                self._log({STEP_KEY: result.env_steps, CURVE_KEY: wandb.Image(str(curve))})
+                # at the last epoch's env steps, those the curve ends at (a run stopped by Ctrl-C
+                # is a few env steps past them)
+                records = result.run_dir.read_metrics()
+                at = records[-1][STEP_KEY] if records else result.env_steps
+                self._log({STEP_KEY: at, CURVE_KEY: wandb.Image(str(curve))})
                 self.curve_sent = True
             self._guarded("send the curve", send_curve)
         if self.run is not None:

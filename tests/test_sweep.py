@@ -309,7 +309,9 @@ def test_a_study_stopped_by_its_time_budget_exits_3_and_says_how_to_extend_it(ra
     assert run.load_checkpoint()["env_steps"] == steps[-1] and run.curve_path.is_file()
     (wandb_run,) = sorted((run.path / "wandb").glob("offline-run-*"))
     data = b"".join(p.read_bytes() for p in wandb_run.glob("run-*.wandb"))
-    assert b"curve" in data and b"completed" in data
+    assert b"completed" in data
+    study_id = json.loads((folder / "sweep.json").read_text())["id"]
+    assert_wandb_history_is_the_metrics(run.path, stable_run_id(study_id, run.path.name))  # and finished
     # the hint is true: the trial's folder continues as a run
     assert main(["train", "--resume", str(run.path), "--steps", str(steps[-1] + 200), "--no-progress"]) == 0
     assert env_steps(run)[-1] == steps[-1] + 200

@@ -10,7 +10,8 @@ from mbpo_ray.config import make_config
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.driver import TrainHook
 from mbpo_ray.train import train
-from helpers import assert_states_equal, comparable
+from helpers import assert_states_equal, assert_wandb_history_is_the_metrics, comparable
+from mbpo_ray.wandb_log import existing_run_id
 
 
 def final_state(run: RunDirectory):
@@ -52,7 +53,8 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
            "--set", "mbpo.epoch_length=100", "--set", "mbpo.init_random_steps=100",
            "--set", "mbpo.model_train_freq=100", "--set", "mbpo.rollout_batch_size=500",
            "--set", "mbpo.updates_per_step=1", "--set", "model.hidden_width=16",
-           "--set", "model.max_fit_epochs=2", "--set", "sac.hidden_width=16", "--set", "eval_episodes=1"]
+           "--set", "model.max_fit_epochs=2", "--set", "sac.hidden_width=16", "--set", "eval_episodes=1",
+           "--wandb", "--wandb-mode", "offline"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -66,14 +68,18 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(tmp_path):
     stopped_at = run.load_checkpoint()["env_steps"]
     assert 300 <= stopped_at < 100000
     assert run.curve_path.exists()
+    # the W&B run stopped by Ctrl-C holds every epoch, the curve, and is finished
+    run_id = existing_run_id(out)
+    assert_wandb_history_is_the_metrics(out, run_id)
     # resume with a smaller total that is already past... no: extend to a few more epochs
     done = subprocess.run([sys.executable, "-m", "mbpo_ray", "train", "--resume", str(out),
-                           "--steps", str(stopped_at + 150), "--no-progress"],
+                           "--steps", str(stopped_at + 150), "--no-progress", "--wandb", "--wandb-mode", "offline"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert run.load_checkpoint()["env_steps"] == stopped_at + 150
     steps = [r["env_steps"] for r in run.read_metrics()]
     assert steps == sorted(set(steps)) and steps[-1] == stopped_at + 150
+    assert len(assert_wandb_history_is_the_metrics(out, run_id)) == 2  # the same W&B run, continued
 
 
 @pytest.mark.slow
