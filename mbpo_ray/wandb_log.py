@@ -98,16 +98,22 @@ def warn(message: str) -> None:
 # online start of this process has already failed (the next runs then start offline at once).
 _OPEN_RUNS: set = set()
 _ONLINE_FAILED = False
+# How many times a run's restart replaced this process's W&B service (``WandbLogger._guarded``)
+_SERVICE_GENERATION = 0
 
 
-def _release_service(wandb) -> None:
-    """When no other run of this process is open, shut this process's W&B service down and wait
-    for it. Two reasons: a failed ``wandb.init`` leaves its run open in the service, which then
-    refuses the same id ("run ID ... is in use"), and the offline start needs a fresh one; and
-    ``run.finish()`` returns before the service has written the end of the run's ``.wandb`` file
-    (it only informs the service that the run is done), so a run is complete on disk, for
-    ``wandb sync`` or a trial's next process, once its service is shut down."""
-    if _OPEN_RUNS:
+def _release_service(wandb, always: bool = False) -> None:
+    """When no other run of this process is open (or ``always``), shut this process's W&B
+    service down and wait for it. Two reasons: a failed ``wandb.init`` leaves its run open in the
+    service, which then refuses the same id ("run ID ... is in use"), and the offline start needs
+    a fresh one; and ``run.finish()`` returns before the service has written the end of the run's
+    ``.wandb`` file (it only informs the service that the run is done), so a run is complete on
+    disk, for ``wandb sync`` or a trial's next process, once its service is shut down. A run
+    restarted after a W&B error (``WandbLogger._guarded``) needs a new service whatever else is
+    open: the other runs of the process (a seed group's) then fail at their next call and are
+    restarted in turn on the new service, having lost nothing that their catch-up does not send
+    again."""
+    if _OPEN_RUNS and not always:
         return
     try:
         wandb.teardown()
@@ -178,6 +184,7 @@ class WandbLogger:
         self.next_step = 0  # the W&B history step of the next row
         self.curve_sent = False
         self.restarts = 0
+        self.generation = 0  # the W&B service this run started on (_SERVICE_GENERATION)
 
     @property
     def enabled(self) -> bool:
@@ -238,7 +245,7 @@ class WandbLogger:
             # console off: Tune and the progress bar own the terminal; nothing else is changed
             settings=wandb.Settings(console="off", silent=True, init_timeout=self.options.init_timeout))
         _OPEN_RUNS.add(self.run_id)
-        self.open_id = self.run_id
+        self.open_id, self.generation = self.run_id, _SERVICE_GENERATION
         wb.define_metric(STEP_KEY)
         wb.define_metric("*", step_metric=STEP_KEY)
         return wb
@@ -341,7 +348,10 @@ class WandbLogger:
                 return
             except Exception as exc:  # noqa: BLE001  (logging never costs a run)
                 error = _first_line(exc)
-            self._finish(1, lambda exc: None)
+            # a new service, unless another run of this process has already replaced the one
+            # this run used (the other seeds of a group, after one seed's restart)
+            replaced = self.generation != _SERVICE_GENERATION
+            self._finish(1, lambda exc: None, new_service=not replaced and self.restarts < MAX_RESTARTS)
             if self.restarts >= MAX_RESTARTS:
                 warn(f"could not {what} ({error}); the run goes on without W&B")
                 return
@@ -357,7 +367,8 @@ class WandbLogger:
                 warn(f"could not restart the W&B run ({_first_line(exc)}); the run goes on without W&B")
                 return
 
-    def _finish(self, exit_code: Optional[int], on_error) -> None:
+    def _finish(self, exit_code: Optional[int], on_error, new_service: bool = False) -> None:
+        global _SERVICE_GENERATION
         import wandb
 
         run, self.run = self.run, None
@@ -367,7 +378,9 @@ class WandbLogger:
             except Exception as exc:  # noqa: BLE001
                 on_error(exc)
         _OPEN_RUNS.discard(self.open_id)
-        _release_service(wandb)
+        _release_service(wandb, always=new_service)
+        if new_service:
+            _SERVICE_GENERATION += 1
 
 
 # --- the command line -----------------------------------------------------------------------------

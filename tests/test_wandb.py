@@ -204,6 +204,31 @@ def test_a_wandb_error_restarts_the_run_which_resends_what_was_lost_then_gives_u
     assert "could not finish the run (OSError" in capfd.readouterr().err
 
 
+def test_a_dead_service_under_a_seed_group_is_replaced_once_and_every_seed_catches_up(fake_wandb, tmp_path,
+                                                                                      tiny_config):
+    cfg = tiny_config()
+    runs = {seed: RunDirectory(tmp_path / f"seed{seed}") for seed in (0, 1)}
+    loggers = {seed: WandbLogger(WandbOptions(mode="offline"), f"x-seed{seed}", run_id=f"id{seed}") for seed in runs}
+    for seed, logger in loggers.items():
+        runs[seed].create(cfg)
+        logger.start(runs[seed], cfg)
+    records = _records(2)
+    for seed in runs:
+        _epoch(loggers[seed], runs[seed], records[0])
+    for wb in fake_wandb.runs:
+        wb.fail_log = True  # the service both runs use is gone
+    teardowns = fake_wandb.teardowns
+    for seed in runs:
+        _epoch(loggers[seed], runs[seed], records[1])
+    # seed 0's restart replaced the service (with seed 1's run still open); seed 1 then failed on
+    # the old one and restarted on the new one without replacing it again
+    assert fake_wandb.teardowns == teardowns + 1
+    assert [r.init["id"] for r in fake_wandb.runs] == ["id0", "id1", "id0", "id1"]
+    assert all(r.logged == records for r in fake_wandb.runs[2:])
+    for logger in loggers.values():
+        logger.close()
+
+
 def test_a_resumed_online_run_sends_only_what_w_and_bs_servers_lack(fake_wandb, tmp_path, tiny_config):
     cfg = tiny_config()
     run = RunDirectory(tmp_path / "run")
