@@ -450,17 +450,23 @@ def _lines(path: Path):
     return path.read_text().splitlines() if path.is_file() else []
 
 
-def _trial_pids():
-    """The processes of the study's running trials (Ray workers titled ``ray::<...>Trainable...``)."""
-    pids = []
+def _trial_pid(run_dir: Path) -> Optional[int]:
+    """The process of the trial whose run directory is ``run_dir``: the parent of the W&B service
+    that holds the run's ``.wandb`` file open (a process scan that other tests' trials, running
+    beside this one, cannot match)."""
+    wandb_dir = str(run_dir / "wandb")
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
-            title = (proc / "cmdline").read_bytes()
+            held = any(os.readlink(fd).startswith(wandb_dir) for fd in (proc / "fd").iterdir())
+            if held:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if (Path("/proc") / str(parent) / "cmdline").read_bytes().startswith(b"ray::"):
+                    return parent
         except OSError:
             continue
-        if proc.name.isdigit() and title.startswith(b"ray::") and b"Trainable" in title:
-            pids.append(int(proc.name))
-    return pids
+    return None
 
 
 def test_killed_trial_then_driver_resume_with_every_epoch_once_in_metrics_and_wandb(ray_cluster, tmp_path):
@@ -494,9 +500,9 @@ def test_killed_trial_then_driver_resume_with_every_epoch_once_in_metrics_and_wa
     try:
         # the first trial has written two epochs (Tune has recorded its first checkpoint) and
         # given W&B the second: its process is killed with that epoch in its W&B service
-        wait_for(lambda: len(_lines(_metrics(folder, first))) >= 2, "the first kill")
-        (killed_trial,) = _trial_pids()  # one trial at a time: the first one's
-        os.kill(killed_trial, signal.SIGKILL)
+        wait_for(lambda: len(_lines(_metrics(folder, first))) >= 2 and _trial_pid(folder / "runs" / first),
+                 "the first kill")
+        os.kill(_trial_pid(folder / "runs" / first), signal.SIGKILL)
         # then the first trial finished; the second has written two epochs and has two to go
         wait_for(lambda: len(_lines(_metrics(folder, first))) == 4 and len(_lines(_metrics(folder, second))) >= 2,
                  "the driver's kill")
