@@ -8,13 +8,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-# writers that read the file's format from its suffix (matplotlib's savefig)
-KEEP_SUFFIX = (".png",)
+# writers that read the file's format from its suffix (matplotlib's savefig, ffmpeg's container)
+KEEP_SUFFIX = (".png", ".mp4", ".gif")
 
 
 def temporary_beside(path: Path) -> Path:
     """Where ``path``'s new content is written first: ``NAME.tmp`` beside it (``STEM.tmp.png`` for
-    a PNG, whose writer reads the format from the suffix)."""
+    a PNG, an MP4 or a GIF, whose writers read the format from the suffix)."""
     if path.suffix in KEEP_SUFFIX:
         return path.with_name(f"{path.stem}.tmp{path.suffix}")
     return path.with_name(path.name + ".tmp")

@@ -21,6 +21,7 @@ from mbpo_ray.rehearsal.command import add_cluster_arguments
 from mbpo_ray.run_dir import RunDirectory
 from mbpo_ray.group_dir import GroupDirectory, check_group_config, parse_seeds
 from mbpo_ray.tune.command import add_sweep_arguments
+from mbpo_ray.video.command import add_video_arguments
 from mbpo_ray.wandb_log import add_wandb_arguments
 
 
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze", help="the MBPO paper's analysis on a run: compounding error, the bound and k*, model error "
                         "under policy shift, exploitation, ensemble disagreement, data flow; report bundles "
                         "them (docs/diagnostics.md)"))
+    add_video_arguments(sub.add_parser(
+        "video", help="film a run's policy in its env, and with --dream the model's dream beside reality "
+                      "(docs/video.md)"))
     return parser
 
 
@@ -247,6 +251,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from mbpo_ray.tune.command import run_sweep_command
 
             return run_sweep_command(args)
+        if args.command == "video":
+            from mbpo_ray.video.command import run_video_command
+
+            return run_video_command(args)
         return _train(args)
     except (ConfigError, RunDirError) as exc:
         print(f"mbpo-ray: error: {exc}", file=sys.stderr)

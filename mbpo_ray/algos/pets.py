@@ -139,6 +139,16 @@ class PETS:
         st.plan_iterations_sum += result.iterations
         return action.cpu().numpy()
 
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The planner's action from ``obs``, in [-1, 1], outside training (a video of the run:
+        mbpo_ray.video.policy); ``reset_acting`` at each episode's start."""
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        action, _ = self.planner.act(lambda plans: self.sampler.cost(obs_t, plans))
+        return action.cpu().numpy()
+
+    def reset_acting(self) -> None:
+        self.planner.reset()
+
     def _env_step(self, action: np.ndarray, planning: bool) -> None:
         st = self.state
         step = self.train_env.step(action)

@@ -406,6 +406,10 @@ class RLlibSAC:
         mean, _log_std = out[Columns.ACTION_DIST_INPUTS].chunk(2, dim=-1)
         return torch.tanh(mean)[0].cpu().numpy().astype(np.float64)
 
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """``mean_action``: the policy outside training (a video of the run: mbpo_ray.video.policy)."""
+        return self.mean_action(obs)
+
     def evaluate(self, episodes: int, seed: int) -> Dict[str, float]:
         return evaluate_policy(self.eval_env, lambda obs: self.scaler.to_env(self.mean_action(obs)),
                                episodes, seed)
