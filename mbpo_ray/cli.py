@@ -28,7 +28,7 @@ from mbpo_ray.wandb_log import add_wandb_arguments
 # What a resumed run may change: everything else would make it a different experiment. The CUDA
 # graph switches take the same steps as without them (docs/architecture.md#cuda-graphs).
 RESUMABLE_FIELDS = ("total_steps", "device", "torch_threads", "ray.address", "keep_checkpoints_every",
-                    "sac.cuda_graph", "model.cuda_graph")
+                    "video_every_epochs", "sac.cuda_graph", "model.cuda_graph")
 
 
 def build_parser() -> argparse.ArgumentParser:

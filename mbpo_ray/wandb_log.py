@@ -304,9 +304,28 @@ class WandbLogger:
     def epoch(self, record: Dict[str, Any], checkpoint: Optional[Path]) -> None:
         if self.run is None:
             return
+        every = self.cfg.video_every_epochs
+        if every and checkpoint is not None and (record["epoch"] + 1) % every == 0:
+            record = {**record, **self._videos(record[STEP_KEY])}
         self.pending.append(record)
         if checkpoint is not None:
             self._guarded("log an epoch", self._flush)
+
+    def _videos(self, env_steps: int) -> Dict[str, Any]:
+        """``video_every_epochs``: the epoch's videos (mbpo_ray.video.make.epoch_videos) as
+        ``video/policy`` and ``video/dream`` of its row; a video that cannot be made is one
+        warning and the run goes on. A row sent again after a fault (``_catch_up``) is the
+        metrics.jsonl record, without its videos; the files stay in RUN/videos/."""
+        try:
+            import wandb
+
+            from mbpo_ray.video.make import epoch_videos
+
+            files = epoch_videos(self.run_dir.path, env_steps)
+            return {f"video/{name}": wandb.Video(str(path), format="mp4") for name, path in files.items()}
+        except Exception as exc:  # noqa: BLE001  (logging never costs a run)
+            warn(f"could not make the videos at {env_steps} env steps ({_first_line(exc)}); the run goes on")
+            return {}
 
     def end(self, result) -> None:
         if self.run is None:

@@ -136,3 +136,11 @@ def test_no_working_backend_says_what_to_install(monkeypatch):
     with pytest.raises(VideoError, match="cannot render off-screen .egl: egl is missing; osmesa: osmesa is missing"
                                          ".: install EGL"):
         render.choose_gl_backend()
+
+
+def test_video_every_epochs_needs_a_checkpoint_at_those_epochs(tmp_path, capsys):
+    args = ["train", "--env", "InvertedPendulum-v5", "--out", str(tmp_path / "run"), "--set", "checkpoint_every_epochs=2"]
+    assert main([*args, "--set", "video_every_epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "video_every_epochs=3 is not allowed: 0 (no videos) or a multiple of checkpoint_every_epochs (2)" in err
+    assert not (tmp_path / "run").exists()

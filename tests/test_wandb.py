@@ -522,3 +522,23 @@ def test_the_wandb_reader_reads_records_across_blocks_stops_at_a_cut_tail_and_co
     assert "does not end with the curve at 1000" in history_mismatch(run.path, "r1")
     _wandb_file(wandb_dir / "offline-run-20260101_000100-r1" / "run-r1.wandb", second[:-1])
     assert "last part did not finish (exit code None)" in history_mismatch(run.path, "r1")
+
+
+def test_videos_every_epoch_reach_the_offline_wandb_run(tmp_path):
+    """``video_every_epochs=1``: each epoch's row of the W&B run holds the policy and dream videos
+    of that epoch's checkpoint, and the MP4s are in the offline run's files."""
+    from mbpo_ray.wandb_records import run_files
+
+    run_dir = tmp_path / "run"
+    mbpo = [a if a != "sac" else "mbpo" for a in TINY]
+    assert main(["train", *mbpo, "--out", str(run_dir), "--wandb", "--wandb-mode", "offline", "--no-progress",
+                 "--set", "video_every_epochs=2", "--set", "eval_episodes=1"]) == 0
+    (part,) = run_files(run_dir, existing_run_id(run_dir))
+    epochs = [row for row in part.history if "curve" not in row]
+    assert [row["env_steps"] for row in epochs] == [200, 400]
+    assert "video/policy" not in epochs[0]  # every second epoch
+    for name in ("policy", "dream"):
+        video = epochs[1][f"video/{name}"]
+        assert video["_type"] == "video-file" and video["path"].endswith(".mp4")
+        assert (part.path.parent / "files" / video["path"]).stat().st_size > 1000
+    assert (run_dir / "videos" / "step_400" / "dream.json").is_file()

@@ -289,6 +289,11 @@ class TrainConfig:
     ensemble; no buffers or optimisers, so not resumable) as checkpoints/step_N.pt, N the env
     steps, for `mbpo-ray analyze exploitation` (docs/diagnostics.md); 0 keeps none. algo mbpo
     only; an epoch keeps a copy only when it also writes a checkpoint."""
+    video_every_epochs: int = 0
+    """Every this many epochs, a run logged to W&B (`train --wandb`, a sweep trial) also logs a
+    video of its policy (one episode, at most 1,000 steps) and, for mbpo, of the model's dream
+    beside reality (100 steps), made from the checkpoint just written (docs/video.md); the files
+    stay in RUN/videos/. 0 logs none; a multiple of checkpoint_every_epochs."""
     runtime: str = "local"
     """local: one process; ray: MBPO as a group of Ray actors (see RayConfig)."""
     model: ModelConfig = field(default_factory=ModelConfig)

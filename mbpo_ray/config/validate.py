@@ -59,6 +59,10 @@ def _check_run(cfg: TrainConfig) -> None:
     require(cfg.eval_episodes >= 1, "eval_episodes", cfg.eval_episodes, "at least 1")
     require(cfg.checkpoint_every_epochs >= 1, "checkpoint_every_epochs",
             cfg.checkpoint_every_epochs, "at least 1")
+    require(cfg.video_every_epochs >= 0 and cfg.video_every_epochs % cfg.checkpoint_every_epochs == 0,
+            "video_every_epochs", cfg.video_every_epochs,
+            f"0 (no videos) or a multiple of checkpoint_every_epochs ({cfg.checkpoint_every_epochs}): a video is "
+            f"made from the checkpoint of its epoch")
     require(cfg.keep_checkpoints_every >= 0, "keep_checkpoints_every", cfg.keep_checkpoints_every,
             "0 (keep none) or a positive number of epochs")
     require(cfg.keep_checkpoints_every == 0 or cfg.algo == "mbpo", "keep_checkpoints_every",

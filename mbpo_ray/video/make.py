@@ -229,3 +229,29 @@ def write_video(frames: List[np.ndarray], fps: int, out: Path, stem: str) -> Dic
 def write_numbers(numbers: Dict[str, Any], path: Path) -> Path:
     write_atomic(path, (json.dumps(numbers, indent=1) + "\n").encode())
     return path
+
+
+EPOCH_VIDEO_STEPS = 1000  # at most this many steps of the policy's episode in an epoch's video
+EPOCH_DREAM_STEPS = 100
+EPOCH_VIDEO_SIZE = 240
+
+
+def epoch_videos(run_dir: Path, env_steps: int) -> Dict[str, Path]:
+    """The videos of ``video_every_epochs``: the policy (and for mbpo the dream) of the run's
+    checkpoint.pt just written, as MP4s in RUN/videos/step_<env_steps>/ (``policy``, ``dream``)."""
+    from mbpo_ray.diagnostics.load import Run
+    from mbpo_ray.video.policy import load_policy
+
+    run = Run(Path(run_dir))
+    out = Path(run_dir) / "videos" / f"step_{env_steps}"
+    policy = load_policy(run)
+    try:
+        video = policy_video(run, policy, 1, EPOCH_VIDEO_SIZE, 0, EPOCH_VIDEO_STEPS)
+        files = {"policy": encode.write_mp4(video.frames, out / "policy.mp4", video.fps)}
+        if run.cfg.algo == "mbpo":
+            dream = dream_video(run, run.networks(), policy, EPOCH_DREAM_STEPS, 1, EPOCH_VIDEO_SIZE, 0)
+            files["dream"] = encode.write_mp4(dream.frames, out / "dream.mp4", dream.fps)
+            write_numbers(dream.numbers, out / "dream.json")
+    finally:
+        policy.close()
+    return files
