@@ -285,6 +285,9 @@ def test_every_kind_writes_png_and_json_and_the_report_shows_every_image(report)
     for png in report.glob("*.png"):
         assert f'src="{png.name}"' in page
     assert "Not available" not in page
+    # the compounding error's picture: the model's dream beside reality (docs/video.md), next to it
+    assert (report / "dream.gif").read_bytes()[:6] == b"GIF89a" and (report / "dream.mp4").stat().st_size > 1000
+    assert page.index('src="compounding.png"') < page.index('src="dream.gif"') < page.index('id="disagreement"')
 
 
 def test_compounding_error_grows_with_k(report):

@@ -62,10 +62,32 @@ def analyze(options: AnalyzeOptions) -> Dict[str, Any]:
         except DiagnosticsError as exc:
             results[kind] = {"numbers": None, "error": str(exc)}
             print(f"mbpo-ray analyze report: {kind} skipped: {exc}", file=sys.stderr)
+    if run.cfg.algo == "mbpo" and results.get("compounding", {}).get("error") is None:
+        _dream_for_report(run, options.out)
     from mbpo_ray.diagnostics.page import write_report
 
     write_report(run, options.out, results)
     return results
+
+
+REPORT_DREAM_STEPS, REPORT_DREAM_SIZE = 100, 240
+
+
+def _dream_for_report(run, out) -> None:
+    """dream.gif and dream.mp4 beside compounding.png: the error curve's picture
+    (docs/video.md). A video that cannot be made (no off-screen rendering here, an env whose
+    observation is not its state) is one line on stderr; the report goes on."""
+    from mbpo_ray.video.make import dream_video
+    from mbpo_ray.video import encode
+    from mbpo_ray.video.policy import load_policy
+
+    try:
+        policy = load_policy(run)
+        dream = dream_video(run, run.networks(), policy, REPORT_DREAM_STEPS, 1, REPORT_DREAM_SIZE, 0)
+        encode.write_gif(dream.frames, out / "dream.gif", dream.fps)
+        encode.write_mp4(dream.frames, out / "dream.mp4", dream.fps)
+    except Exception as exc:  # noqa: BLE001  (the report never fails for its video)
+        print(f"mbpo-ray analyze report: no dream video: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
 
 
 def run_analyze(args) -> int:

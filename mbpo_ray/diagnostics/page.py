@@ -85,6 +85,11 @@ def _section(kind: str, numbers: Optional[Dict[str, Any]], error: Optional[str],
     png = out / f"{kind}.png"
     if png.is_file():
         parts.append(f'<p><img src="{kind}.png" alt="{kind}"></p>')
+    if kind == "compounding" and (out / "dream.gif").is_file():
+        parts.append('<p><img src="dream.gif" alt="the model\'s dream beside reality"></p><p>The same thing seen: '
+                     'the real env (left) and the best elite\'s open-loop dream of the same actions, the error '
+                     'under them; the bar marks where the model left the real trajectory (<a href="dream.mp4">'
+                     'dream.mp4</a>, docs/video.md).</p>')
     parts.append(f'<p>Numbers: <a href="{kind}.json">{kind}.json</a></p>')
     scalars = _scalars(numbers)
     if scalars:
