@@ -144,3 +144,16 @@ def test_video_every_epochs_needs_a_checkpoint_at_those_epochs(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "video_every_epochs=3 is not allowed: 0 (no videos) or a multiple of checkpoint_every_epochs (2)" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_report_embeds_each_groups_final_policy_per_env(runs, tmp_path):
+    root = runs["Hopper-v5"].parent
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--videos", "--reps", "200", "--out", str(out)]) == 0
+    gifs = sorted(p.name for p in out.glob("*.gif"))
+    assert gifs == ["policy_mbpo_Hopper-v5.gif", "policy_mbpo_InvertedPendulum-v5.gif"]
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/gif;base64,") == 2 and "<h2>Policies</h2>" in page
+    assert "](policy_mbpo_Hopper-v5.gif)" in (out / "report.md").read_text()
+    # made again over the previous report: its GIFs are its own files, not foreign ones
+    assert main(["report", str(root), "--videos", "--reps", "200", "--out", str(out)]) == 0

@@ -77,7 +77,7 @@ class Figure:
     id: str
     filename: str
     caption: str
-    png: bytes
+    png: bytes  # the file's bytes: a PNG, or a GIF when ``filename`` ends with .gif (a policy video)
 
 
 Block = Tuple[str, Any]  # ("h1" | "h2" | "p", text), ("table", Table), ("figure", Figure), ("list", [text])
@@ -147,7 +147,8 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
             out.append(f'<table id="{item.id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
         elif kind == "figure":
             data = base64.b64encode(item.png).decode("ascii")
-            out.append(f'<figure id="{item.id}"><img src="data:image/png;base64,{data}" '
+            mime = "image/gif" if item.filename.endswith(".gif") else "image/png"
+            out.append(f'<figure id="{item.id}"><img src="data:{mime};base64,{data}" '
                        f'alt="{html.escape(item.caption)}" data-file="{html.escape(item.filename)}">'
                        f"<figcaption>{_inline_html(item.caption)}</figcaption></figure>")
     out += ["</body>", "</html>", ""]

@@ -35,6 +35,7 @@ class ReportOptions:
     references: Dict[str, Tuple[float, float]] = field(default_factory=dict)
     group_by: List[str] = field(default_factory=list)
     candidates: Optional[List[str]] = None
+    videos: bool = False
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidate", action="append", metavar="GROUP",
                         help="group compared with every other in probability of improvement and "
                              "sample-efficiency ratios (default: the mbpo groups; repeatable)")
+    parser.add_argument("--videos", action="store_true",
+                        help="a GIF of each group's final policy in each env (its first seed's checkpoint; "
+                             "docs/video.md)")
 
 
 def _env_value(text: str, option: str, form: str) -> Tuple[str, str]:
@@ -133,4 +137,4 @@ def parse_options(args: argparse.Namespace) -> ReportOptions:
     return ReportOptions(dirs=dirs, out=out, x_axis=args.x_axis, final_window=args.final_window,
                          reps=args.reps, seed=args.seed, level=args.level, threshold_levels=levels,
                          thresholds=thresholds, references=references, group_by=list(args.group_by),
-                         candidates=args.candidate)
+                         candidates=args.candidate, videos=bool(getattr(args, "videos", False)))

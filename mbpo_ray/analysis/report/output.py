@@ -24,7 +24,7 @@ def check_out(out: Path) -> None:
         raise ReportError(f"--out {out} exists and is not a directory")
     if out.is_dir():
         foreign = [p.name for p in out.iterdir()
-                   if not (p.is_file() and (p.name in REPORT_FILES or p.suffix == ".png"))]
+                   if not (p.is_file() and (p.name in REPORT_FILES or p.suffix in (".png", ".gif")))]
         if foreign:
             raise ReportError(f"--out {out} holds files that are not a report ({', '.join(sorted(foreign)[:3])}); "
                               f"choose a new or empty folder, or one with an earlier report")
@@ -68,6 +68,12 @@ def make_report(options: ReportOptions) -> Path:
     report = Report(runs, options)
     blocks = report.blocks()
     files = {f.filename: f.png for f in report.figures}
+    if options.videos:
+        from mbpo_ray.analysis.report.videos import video_blocks
+
+        videos = video_blocks(runs)
+        blocks += videos
+        files.update({item.filename: item.png for kind, item in videos if kind == "figure"})
     files["report.md"] = render_markdown(blocks).encode()
     files["report.html"] = render_html(blocks, "mbpo-ray report").encode()
     write_files(options.out, files)
