@@ -215,10 +215,10 @@ def dream_video(run, nets, policy: Policy, steps: int, members: int, size: int, 
 
 def write_video(frames: List[np.ndarray], fps: int, out: Path, stem: str) -> Dict[str, Path]:
     """``stem``.mp4, ``stem``.gif and ``stem``_sheet.png (eight frames spread over the video, in
-    rows about 1,600 pixels wide)."""
+    rows of two to four frames, at most 1,600 pixels wide)."""
     from mbpo_ray.diagnostics.common import spread_evenly
 
-    columns = max(1, min(4, 1600 // frames[0].shape[1]))
+    columns = max(2, min(4, 1600 // frames[0].shape[1]))  # a wide dream frame: two a row, scaled
     sheet = draw.contact_sheet([frames[i] for i in spread_evenly(len(frames), 8)], columns=columns,
                                width=min(1600, columns * frames[0].shape[1]))
     return {"mp4": encode.write_mp4(frames, out / f"{stem}.mp4", fps),
