@@ -4,7 +4,7 @@
    off-screen at each ``--sizes`` side, captioned, and encoded as MP4 and as GIF: seconds for each
    part, env steps excluded;
 2. with ``--run RUN_DIR`` (a Hopper mbpo run with checkpoint.pt): ``epoch_videos`` (what
-   ``video_every_epochs`` makes at an epoch: the policy's episode of up to 1,000 steps and a
+   ``video_every_epochs`` makes at an epoch: the policy's episode of up to 500 steps and a
    100-step dream) timed ``--repeats`` times, against the run's mean epoch wall time from its
    metrics.jsonl: the share of a run's wall time at one video every ``--period`` epochs.
 

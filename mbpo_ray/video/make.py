@@ -231,7 +231,7 @@ def write_numbers(numbers: Dict[str, Any], path: Path) -> Path:
     return path
 
 
-EPOCH_VIDEO_STEPS = 1000  # at most this many steps of the policy's episode in an epoch's video
+EPOCH_VIDEO_STEPS = 500  # at most this many steps of the policy's episode in an epoch's video (its cost: docs/video.md)
 EPOCH_DREAM_STEPS = 100
 EPOCH_VIDEO_SIZE = 240
 
