@@ -84,7 +84,7 @@ def _dream_for_report(run, out) -> None:
     try:
         policy = load_policy(run)
         dream = dream_video(run, run.networks(), policy, REPORT_DREAM_STEPS, 1, REPORT_DREAM_SIZE, 0)
-        encode.write_gif(dream.frames, out / "dream.gif", dream.fps)
+        encode.write_gif(dream.frames, out / "dream.gif", dream.fps, width=2 * REPORT_DREAM_SIZE)
         encode.write_mp4(dream.frames, out / "dream.mp4", dream.fps)
     except Exception as exc:  # noqa: BLE001  (the report never fails for its video)
         print(f"mbpo-ray analyze report: no dream video: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)

@@ -43,14 +43,14 @@ def write_mp4(frames: Sequence[np.ndarray], path: Path, fps: int) -> Path:
     return path
 
 
-def write_gif(frames: Sequence[np.ndarray], path: Path, fps: int) -> Path:
-    """Every k-th frame (``GIF_FPS`` frames a second of the video), ``GIF_WIDTH`` wide."""
+def write_gif(frames: Sequence[np.ndarray], path: Path, fps: int, width: int = GIF_WIDTH) -> Path:
+    """Every k-th frame (``GIF_FPS`` frames a second of the video), at most ``width`` wide."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     every = max(1, int(round(fps / GIF_FPS)))
     picked = list(frames)[::every]
     h, w = picked[0].shape[:2]
-    size = (GIF_WIDTH, int(round(h * GIF_WIDTH / w))) if w > GIF_WIDTH else (w, h)
+    size = (width, int(round(h * width / w))) if w > width else (w, h)
     images = [Image.fromarray(f).resize(size, Image.LANCZOS) for f in picked]
     with replacing(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],

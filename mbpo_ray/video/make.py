@@ -99,13 +99,19 @@ class StateMap:
                              f"(qpos {qpos.size}, qvel {qvel.size}; docs/video.md lists the envs it can show)")
         return cls(qpos.size, qvel.size, hidden, float(base.dt))
 
+    @property
+    def observed_positions(self) -> int:
+        return self.nq - self.hidden
+
     def state(self, obs: np.ndarray, hidden_pos: np.ndarray) -> tuple:
-        qpos = np.concatenate([hidden_pos, obs[: self.nq - self.hidden]])
-        return qpos, np.asarray(obs[self.nq - self.hidden:], np.float64)
+        """(qpos, qvel) of an observation, with the left-out positions ``hidden_pos``."""
+        n = self.observed_positions
+        return np.concatenate([hidden_pos, obs[:n]]), np.asarray(obs[n:], np.float64)
 
     def advance(self, hidden_pos: np.ndarray, obs: np.ndarray) -> np.ndarray:
-        """The left-out positions one step on, from the observation's first velocities."""
-        return hidden_pos + self.dt * np.asarray(obs[self.nq - self.hidden: self.nq - self.hidden + self.hidden])
+        """The left-out positions one step on, from their velocities (the first of ``obs``'s)."""
+        n = self.observed_positions
+        return hidden_pos + self.dt * np.asarray(obs[n: n + self.hidden])
 
 
 @dataclass
