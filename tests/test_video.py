@@ -157,3 +157,27 @@ def test_the_report_embeds_each_groups_final_policy_per_env(runs, tmp_path):
     assert "](policy_mbpo_Hopper-v5.gif)" in (out / "report.md").read_text()
     # made again over the previous report: its GIFs are its own files, not foreign ones
     assert main(["report", str(root), "--videos", "--reps", "200", "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize("algo", ["sac", "steve"])
+def test_the_policy_of_other_algorithms_is_filmed(algo, tmp_path):
+    run = tmp_path / algo
+    assert main(["train", "--env", "InvertedPendulum-v5", "--algo", algo, "--steps", "400", "--seed", "3",
+                 "--out", str(run), "--no-progress", *TINY_SETS]) == 0
+    assert main(["video", str(run), "--max-episode-steps", "20", "--size", "96"]) == 0
+    frames = _read_mp4(run / "videos" / "policy.mp4")
+    assert 2 <= len(frames) <= 21 and all(frame.std() > 20 for frame in frames)
+    assert main(["video", str(run), "--dream"]) == 2  # no probabilistic ensemble to dream with
+
+
+def test_an_env_that_does_not_render_frames_is_a_one_line_error():
+    import gymnasium as gym
+
+    from mbpo_ray.video.render import render
+
+    env = gym.make("Pendulum-v1")  # no render_mode: render() gives nothing
+    env.reset(seed=0)
+    with pytest.raises(VideoError, match=r"Pendulum-v1 cannot render RGB frames \(render_mode='rgb_array' gave "
+                                         r"NoneType\): videos need an env that renders"):
+        render(env)
+    env.close()
