@@ -181,3 +181,19 @@ def test_an_env_that_does_not_render_frames_is_a_one_line_error():
                                          r"NoneType\): videos need an env that renders"):
         render(env)
     env.close()
+
+
+def test_a_pets_run_dreams_with_its_ensemble_and_acts_by_its_planner(tmp_path):
+    run = tmp_path / "pets"
+    small = ["--set", "pets.horizon=8", "--set", "pets.population=40", "--set", "pets.num_elites=4",
+             "--set", "pets.iterations=2", "--set", "pets.num_particles=5", "--set", "pets.random_episodes=2"]
+    assert main(["train", "--env", "InvertedPendulum-v5", "--algo", "pets", "--steps", "400", "--seed", "3",
+                 "--out", str(run), "--no-progress", *TINY_SETS, *small]) == 0
+    assert main(["video", str(run), "--dream", "--steps", "8", "--members", "2", "--max-episode-steps", "5",
+                 "--size", "96"]) == 0
+    numbers = json.loads((run / "videos" / "dream.json").read_text())
+    assert numbers["steps"] >= 2 and len(numbers["members"]) == 2 and numbers["env_steps"] == 400
+    error = numbers["error"][str(numbers["members"][0])]
+    assert all(np.isfinite(e) for e in error) and error[0] < 1.0  # one model step from the real state
+    frames = _read_mp4(run / "videos" / "dream.mp4")
+    assert len(frames) == numbers["steps"] + 1

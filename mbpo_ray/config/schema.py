@@ -291,7 +291,7 @@ class TrainConfig:
     only; an epoch keeps a copy only when it also writes a checkpoint."""
     video_every_epochs: int = 0
     """Every this many epochs, a run logged to W&B (`train --wandb`, a sweep trial) also logs a
-    video of its policy (one episode, at most 500 steps) and, for mbpo, of the model's dream
+    video of its policy (one episode, at most 500 steps) and, for mbpo and pets, of the model's dream
     beside reality (100 steps), made from the checkpoint just written (docs/video.md); the files
     stay in RUN/videos/. 0 logs none; a multiple of checkpoint_every_epochs."""
     runtime: str = "local"

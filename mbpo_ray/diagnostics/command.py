@@ -77,13 +77,13 @@ def _dream_for_report(run, out) -> None:
     """dream.gif and dream.mp4 beside compounding.png: the error curve's picture
     (docs/video.md). A video that cannot be made (no off-screen rendering here, an env whose
     observation is not its state) is one line on stderr; the report goes on."""
-    from mbpo_ray.video.make import dream_video
+    from mbpo_ray.video.make import dream_model, dream_video
     from mbpo_ray.video import encode
     from mbpo_ray.video.policy import load_policy
 
     try:
         policy = load_policy(run)
-        dream = dream_video(run, run.networks(), policy, REPORT_DREAM_STEPS, 1, REPORT_DREAM_SIZE, 0)
+        dream = dream_video(run, dream_model(run, policy), policy, REPORT_DREAM_STEPS, 1, REPORT_DREAM_SIZE, 0)
         encode.write_gif(dream.frames, out / "dream.gif", dream.fps, width=2 * REPORT_DREAM_SIZE)
         encode.write_mp4(dream.frames, out / "dream.mp4", dream.fps)
     except Exception as exc:  # noqa: BLE001  (the report never fails for its video)

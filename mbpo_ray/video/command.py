@@ -8,8 +8,6 @@ from pathlib import Path
 
 from mbpo_ray.errors import ConfigError
 
-DREAM_ALGOS = ("mbpo",)
-
 
 def add_video_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `mbpo-ray train` (or a sweep trial's)")
@@ -18,7 +16,7 @@ def add_video_arguments(parser) -> None:
     parser.add_argument("--checkpoint", type=int, metavar="ENV_STEPS",
                         help="the networks of a kept copy (checkpoints/step_ENV_STEPS.pt) instead of checkpoint.pt")
     parser.add_argument("--dream", action="store_true",
-                        help="also the model's open-loop dream beside the real env (mbpo runs)")
+                        help="also the model's open-loop dream beside the real env (mbpo and pets runs)")
     parser.add_argument("--steps", type=int, default=100, metavar="H",
                         help="steps of the dream (default 100; fewer when the real episode ends sooner)")
     parser.add_argument("--members", type=int, default=1, metavar="M",
@@ -39,14 +37,14 @@ def run_video_command(args) -> int:
 
     choose_gl_backend()  # before MuJoCo is imported
     from mbpo_ray.diagnostics.load import Run
-    from mbpo_ray.video.make import dream_video, policy_video, write_numbers, write_video
+    from mbpo_ray.video.make import DREAM_ALGOS, dream_model, dream_video, policy_video, write_numbers, write_video
     from mbpo_ray.video.policy import load_policy
     from mbpo_ray.video.render import VideoError
 
     run = Run(Path(args.run_dir))
     if args.dream and run.cfg.algo not in DREAM_ALGOS:
-        raise VideoError(f"--dream needs a run with a probabilistic ensemble and a policy network "
-                         f"({', '.join(DREAM_ALGOS)}); {run.path} is a {run.cfg.algo} run")
+        raise VideoError(f"--dream needs a run with a probabilistic ensemble ({', '.join(DREAM_ALGOS)}); "
+                         f"{run.path} is a {run.cfg.algo} run")
     if args.dream and not 1 <= args.members <= run.cfg.model.num_elites:
         raise VideoError(f"--members {args.members}: between 1 and the ensemble's {run.cfg.model.num_elites} elites")
     out = Path(args.out) if args.out else run.path / "videos"
@@ -59,8 +57,8 @@ def run_video_command(args) -> int:
               f"({time.perf_counter() - start:.1f} s): {files['mp4']}, {files['gif']}", file=sys.stderr)
         if args.dream:
             start = time.perf_counter()
-            nets = run.load_snapshot(_kept(run, args.checkpoint)) if args.checkpoint is not None else run.networks()
-            dream = dream_video(run, nets, policy, args.steps, args.members, args.size, args.seed)
+            dream = dream_video(run, dream_model(run, policy, args.checkpoint), policy, args.steps, args.members,
+                                args.size, args.seed)
             files = write_video(dream.frames, dream.fps, out, "dream")
             write_numbers(dream.numbers, out / "dream.json")
             left = dream.numbers["left_real_at"]
@@ -70,9 +68,3 @@ def run_video_command(args) -> int:
     finally:
         policy.close()
     return 0
-
-
-def _kept(run, env_steps: int):
-    from mbpo_ray.video.policy import kept_copy
-
-    return kept_copy(run, env_steps)

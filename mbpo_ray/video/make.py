@@ -121,12 +121,45 @@ class Dream:
     numbers: Dict[str, Any] = field(default_factory=dict)
 
 
+DREAM_ALGOS = ("mbpo", "pets")  # a probabilistic ensemble and something that acts
+
+
+@dataclass
+class DreamModel:
+    """What a dream needs of a run: its ensemble and termination rule, the env steps of the
+    checkpoint they come from, and each observation dim's standard deviation in the run's real
+    data (the unit of the errors)."""
+
+    model: Any
+    termination: Any
+    env_steps: int
+    scale: torch.Tensor
+
+
+def dream_model(run, policy: Policy, checkpoint: Optional[int] = None) -> DreamModel:
+    """mbpo: the ensemble of checkpoint.pt (or of the kept copy at ``checkpoint`` env steps) and
+    D_env's spread; pets: the rebuilt algorithm's ensemble (``policy.source``) and its buffer's."""
+    from mbpo_ray.diagnostics.common import obs_scale
+
+    if run.cfg.algo == "pets":
+        algorithm = policy.source
+        obs = algorithm.buffer.all()[0]
+        return DreamModel(algorithm.model.eval(), algorithm.sampler.termination, policy.env_steps,
+                          obs.std(dim=0, unbiased=False).clamp_min(1e-6))
+    if run.cfg.algo != "mbpo":
+        raise VideoError(f"--dream needs a run with a probabilistic ensemble ({', '.join(DREAM_ALGOS)}); "
+                         f"{run.path} is a {run.cfg.algo} run")
+    from mbpo_ray.video.policy import kept_copy
+
+    nets = run.load_snapshot(kept_copy(run, checkpoint)) if checkpoint is not None else run.networks()
+    return DreamModel(nets.model, nets.termination, nets.env_steps, obs_scale(run.real_rows(), run.layout))
+
+
 @torch.no_grad()
-def dream_video(run, nets, policy: Policy, steps: int, members: int, size: int, seed: int,
+def dream_video(run, nets: DreamModel, policy: Policy, steps: int, members: int, size: int, seed: int,
                 threshold: float = DEFAULT_THRESHOLD) -> Dream:
     """The real env and ``members`` elites' open-loop dreams of the same actions, side by side,
     with the error strip under them (module docstring)."""
-    from mbpo_ray.diagnostics.common import obs_scale
     from mbpo_ray.envs import ActionScaler
 
     model, termination = nets.model, nets.termination
@@ -157,7 +190,7 @@ def dream_video(run, nets, policy: Policy, steps: int, members: int, size: int, 
         device = run.device
         acts = torch.as_tensor(np.stack(actions), device=device)
         real = torch.as_tensor(np.stack(real_obs), device=device)
-        scale = obs_scale(run.real_rows(), run.layout).to(device)
+        scale = nets.scale.to(device)
         elites = model.elite_idx.tolist()
         # every member's mean trajectory (one batched pass a step); the elites' spread, the
         # shown members' errors
@@ -243,7 +276,7 @@ EPOCH_VIDEO_SIZE = 240
 
 
 def epoch_videos(run_dir: Path, env_steps: int) -> Dict[str, Path]:
-    """The videos of ``video_every_epochs``: the policy (and for mbpo the dream) of the run's
+    """The videos of ``video_every_epochs``: the policy (and for mbpo and pets the dream) of the run's
     checkpoint.pt just written, as MP4s in RUN/videos/step_<env_steps>/ (``policy``, ``dream``)."""
     from mbpo_ray.diagnostics.load import Run
     from mbpo_ray.video.policy import load_policy
@@ -254,8 +287,8 @@ def epoch_videos(run_dir: Path, env_steps: int) -> Dict[str, Path]:
     try:
         video = policy_video(run, policy, 1, EPOCH_VIDEO_SIZE, 0, EPOCH_VIDEO_STEPS)
         files = {"policy": encode.write_mp4(video.frames, out / "policy.mp4", video.fps)}
-        if run.cfg.algo == "mbpo":
-            dream = dream_video(run, run.networks(), policy, EPOCH_DREAM_STEPS, 1, EPOCH_VIDEO_SIZE, 0)
+        if run.cfg.algo in DREAM_ALGOS:
+            dream = dream_video(run, dream_model(run, policy), policy, EPOCH_DREAM_STEPS, 1, EPOCH_VIDEO_SIZE, 0)
             files["dream"] = encode.write_mp4(dream.frames, out / "dream.mp4", dream.fps)
             write_numbers(dream.numbers, out / "dream.json")
     finally:

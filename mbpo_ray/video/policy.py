@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -23,12 +23,14 @@ REBUILT_ALGOS = ("pets", "rllib-sac")
 @dataclass
 class Policy:
     """``act(obs) -> action in [-1, 1]``; ``reset()`` at each episode's start (a planner's warm
-    start); ``env_steps`` of the checkpoint it comes from; ``close()``."""
+    start); ``env_steps`` of the checkpoint it comes from; ``close()``; ``source``: the rebuilt
+    algorithm of a pets or rllib-sac run (its ensemble for a dream), else None."""
 
     act: Callable[[np.ndarray], np.ndarray]
     env_steps: int
     reset: Callable[[], None] = lambda: None
     close: Callable[[], None] = lambda: None
+    source: Any = None
 
 
 def kept_copy(run, env_steps: int) -> Path:
@@ -80,7 +82,7 @@ def _rebuilt(run) -> Policy:
         algorithm.close()
         raise
     return Policy(algorithm.act, int(checkpoint["env_steps"]), reset=getattr(algorithm, "reset_acting", lambda: None),
-                  close=algorithm.close)
+                  close=algorithm.close, source=algorithm)
 
 
 def _steve_policy(run):
