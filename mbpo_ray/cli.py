@@ -165,15 +165,16 @@ def _resume_overrides(args) -> Dict[str, Any]:
     return overrides
 
 
-def _nothing_to_do(args, done: int, total: int) -> Optional[int]:
-    """A resumed run with no env steps left: exit 0, or, with --wandb at its end, None (go on:
-    the W&B run gets the epochs and the curve it lacks, say after a kill as the run ended)."""
+def _nothing_left(args, done: int, total: int) -> bool:
+    """A resumed run with no env steps left: whether to stop here. With --wandb at the run's end
+    it goes on (False): the W&B run gets the epochs and the curve it lacks, say after a kill as
+    the run ended."""
     asked = f"--steps {args.steps}" if args.steps is not None else f"total_steps {total}"
     go_on = args.wandb and done == total
     print(f"mbpo-ray: the run in {args.resume} is already at {done} env steps "
           f"({'past' if done > total else 'at'} {asked}); {'sending W&B what it lacks' if go_on else 'nothing to do'}",
           file=sys.stderr)
-    return None if go_on else 0
+    return not go_on
 
 
 def _resume_group(args, group: GroupDirectory) -> int:
@@ -186,7 +187,7 @@ def _resume_group(args, group: GroupDirectory) -> int:
     checkpoints = group.load_checkpoints(seeds)  # clear errors first
     done = min(c["env_steps"] for c in checkpoints.values())
     cfg = configs[seeds[0]]
-    if done >= cfg.total_steps and _nothing_to_do(args, done, cfg.total_steps) == 0:
+    if done >= cfg.total_steps and _nothing_left(args, done, cfg.total_steps):
         return 0
     return _start_group(cfg, seeds, args.resume, args, resume=True, configs=configs, checkpoints=checkpoints)
 
@@ -206,7 +207,7 @@ def _train(args) -> int:
         validate(cfg)
         checkpoint = run.load_checkpoint()  # a clear error before anything starts
         done = checkpoint["env_steps"]
-        if done >= cfg.total_steps and _nothing_to_do(args, done, cfg.total_steps) == 0:
+        if done >= cfg.total_steps and _nothing_left(args, done, cfg.total_steps):
             return 0
         return _start(cfg, args.resume, args, resume=True, progress=not args.no_progress, checkpoint=checkpoint)
     env_id, overrides, presets = requested_config(args)

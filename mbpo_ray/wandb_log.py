@@ -251,50 +251,43 @@ class WandbLogger:
         return wb
 
     # --- what W&B holds ---
-    def _held(self) -> Tuple[set, Optional[int], int]:
-        """(``env_steps`` of the epoch rows W&B holds, ``env_steps`` of its curve row or None,
-        the step after its last row). Offline: the rows durably in the run's offline ``.wandb``
-        files; online: what W&B's servers report as the resumed run's summary and step."""
-        if self.mode == "online":
-            if not getattr(self.run, "resumed", False):
-                return set(), None, 0
-            last = self.run.summary.get(STEP_KEY)
-            held = {r[STEP_KEY] for r in self.run_dir.read_metrics() if last is not None and r[STEP_KEY] <= last}
-            curve = last if self.run.summary.get(CURVE_KEY) is not None else None
-            return held, curve, int(getattr(self.run, "starting_step", 0) or 0)
-        from mbpo_ray.wandb_records import run_files
+    def _held(self):
+        """``mbpo_ray.wandb_records.Held``. Offline: the rows durably in the run's offline
+        ``.wandb`` files; online: what W&B's servers report as the resumed run's summary and step."""
+        from mbpo_ray.wandb_records import Held, offline_held
 
-        rows = [row for part in run_files(self.run_dir.path, self.run_id) for row in part.history]
-        held = {row[STEP_KEY] for row in rows if STEP_KEY in row and CURVE_KEY not in row}
-        curves = [row[STEP_KEY] for row in rows if CURVE_KEY in row and STEP_KEY in row]
-        return held, (curves[-1] if curves else None), 1 + max((row["_step"] for row in rows), default=-1)
+        if self.mode != "online":
+            return offline_held(self.run_dir.path, self.run_id)
+        if not getattr(self.run, "resumed", False):
+            return Held(set(), None, 0)
+        last = self.run.summary.get(STEP_KEY)
+        held = {r[STEP_KEY] for r in self.run_dir.read_metrics() if last is not None and r[STEP_KEY] <= last}
+        curve = last if self.run.summary.get(CURVE_KEY) is not None else None
+        return Held(held, curve, int(getattr(self.run, "starting_step", 0) or 0))
 
     def _offline_run_complete(self) -> bool:
-        """Whether the offline run holds every epoch of metrics.jsonl, its curve at the last one
-        and a finish, and metrics.jsonl reaches the run's end."""
-        from mbpo_ray.wandb_records import run_files
+        """Whether metrics.jsonl reaches the run's end and the offline run holds every epoch of
+        it, its curve at the last one and a finish."""
+        from mbpo_ray.wandb_records import offline_held
 
         records = self.run_dir.read_metrics()
         if not records or records[-1][STEP_KEY] < self.cfg.total_steps:
             return False
-        parts = run_files(self.run_dir.path, self.run_id)
-        if not parts or parts[-1].exit_code != 0:
-            return False
-        rows = [row for part in parts for row in part.history]
-        held = {row[STEP_KEY] for row in rows if STEP_KEY in row and CURVE_KEY not in row}
-        return (all(r[STEP_KEY] in held for r in records)
-                and any(CURVE_KEY in row and row.get(STEP_KEY) == records[-1][STEP_KEY] for row in rows))
+        held = offline_held(self.run_dir.path, self.run_id)
+        return (held.finished and held.curve_at == records[-1][STEP_KEY]
+                and all(r[STEP_KEY] in held.epochs for r in records))
 
     def _catch_up(self) -> None:
         """Send the epochs a checkpoint covers (metrics.jsonl less its pending tail) that W&B
         does not hold, in order, after the rows it holds."""
-        held, curve, self.next_step = self._held()
+        held = self._held()
+        self.next_step = held.next_step
         records = self.run_dir.read_metrics()
         covered = records[:len(records) - len(self.pending)]
         for record in covered:
-            if record[STEP_KEY] not in held:
+            if record[STEP_KEY] not in held.epochs:
                 self._log(record)
-        self.curve_sent = bool(covered) and curve == covered[-1][STEP_KEY]
+        self.curve_sent = bool(covered) and held.curve_at == covered[-1][STEP_KEY]
 
     def _log(self, row: Dict[str, Any]) -> None:
         self.run.log(dict(row), step=self.next_step, commit=True)

@@ -19,7 +19,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 FILE_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 BLOCK_BYTES = 32 * 1024
@@ -114,6 +114,28 @@ def run_files(run_dir: Path, run_id: str, offline_only: bool = True) -> List[Run
         if name.startswith(("offline-run-", "run-")) and log.is_file():
             found.append((name.split("run-", 1)[1], log))
     return [read_run_file(log) for _, log in sorted(found)]
+
+
+@dataclass
+class Held:
+    """What a W&B run holds, as its logger needs it: the ``env_steps`` of its epoch rows, those
+    of its last curve row (None without one), the history step after its last row, and whether
+    its last part finished (exit code 0)."""
+
+    epochs: Set[Any]
+    curve_at: Optional[Any]
+    next_step: int
+    finished: bool = False
+
+
+def offline_held(run_dir: Path, run_id: str) -> Held:
+    """``Held`` of the run ``run_id``'s offline files in ``run_dir``."""
+    parts = run_files(run_dir, run_id)
+    rows = [row for part in parts for row in part.history]
+    curves = [row.get("env_steps") for row in rows if "curve" in row]
+    return Held({row["env_steps"] for row in rows if "env_steps" in row and "curve" not in row},
+                curves[-1] if curves else None, 1 + max((row["_step"] for row in rows), default=-1),
+                bool(parts) and parts[-1].exit_code == 0)
 
 
 def _same(a: Any, b: Any) -> bool:
