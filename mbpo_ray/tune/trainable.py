@@ -393,7 +393,7 @@ def _run_trial(config: Dict[str, Any], settings: Dict[str, Any]) -> None:
     # trial reports its last epoch to Tune.
     finished = states is not None and min(state["env_steps"] for state in states.values()) >= cfg.total_steps
 
-    reporter = TuneReporter(trial, full_snapshots=not shared, mirror=mirror, deadline=settings.get("deadline"))
+    reporter = TuneReporter(trial, full_snapshots=not shared, mirror=mirror, deadline=deadline)
     loggers = {seed: [] for seed in trial.seeds}
     options = WandbOptions(**{**settings["wandb"], "tags": tuple(settings["wandb"]["tags"])})
     if options.mode != "disabled":

@@ -213,12 +213,16 @@ def dream_video(run, nets: DreamModel, policy: Policy, steps: int, members: int,
         left_at = next((k + 1 for k, v in enumerate(first_error) if not v <= threshold), None)
 
         hidden = [first_hidden.copy() for _ in shown]
+        ended_panels: List[Optional[np.ndarray]] = [None] * len(shown)  # a panel frozen where its model ended
+        spread_list = [float(v) for v in spread.cpu()]
         out_frames: List[np.ndarray] = []
-        width = None
         fps = episode_fps(real_env)
         for t in range(horizon + 1):
             panels = [draw.caption(real_frames[t], ["real env", f"step {t}"])]
             for i, m in enumerate(shown):
+                if ended_panels[i] is not None:
+                    panels.append(ended_panels[i])
+                    continue
                 stop = ended[m]
                 k = t if stop is None else min(t, stop)
                 predicted = pred[k, m].cpu().numpy().astype(np.float64)
@@ -235,16 +239,17 @@ def dream_video(run, nets: DreamModel, policy: Policy, steps: int, members: int,
                 if stop is not None and t >= stop:
                     frame, lines = draw.greyed(frame), lines + [f"the model ends the episode at step {stop}"]
                 panels.append(draw.caption(frame, lines))
+                if stop is not None and t >= stop:
+                    ended_panels[i] = panels[-1]
             row = draw.side_by_side(panels)
-            width = row.shape[1]
-            chart = draw.strip(width, max(60, size // 4), first_error, [float(v) for v in spread.cpu()], t,
-                               horizon, threshold, left_at)
+            chart = draw.strip(row.shape[1], max(60, size // 4), first_error, spread_list, t, horizon, threshold,
+                               left_at)
             out_frames.append(np.concatenate([row, chart], axis=0))
         numbers = {"env": run.cfg.env_id, "env_steps": nets.env_steps, "steps": horizon, "members": shown,
                    "threshold": threshold, "left_real_at": left_at, "real_terminated_at": real_ended,
                    "model_ended_at": {str(m): ended[m] for m in shown},
                    "error": {str(m): [float(v) for v in error[:, i].cpu()] for i, m in enumerate(shown)},
-                   "disagreement": [float(v) for v in spread.cpu()], "hidden_positions": state_map.hidden}
+                   "disagreement": spread_list, "hidden_positions": state_map.hidden}
         return Dream(out_frames, fps, numbers)
     finally:
         real_env.close()
