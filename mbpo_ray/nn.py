@@ -13,32 +13,51 @@ from torch import nn
 import torch.nn.functional as F
 
 
+# The LayerNorm's epsilon (torch.nn.LayerNorm's default); the written-out SAC update uses it too.
+LAYER_NORM_EPS = 1e-5
+
+
 class StackedMLP(nn.Module):
     """``num_members`` MLPs with identical shapes; weights stored as [E, in, out] per layer."""
 
     def __init__(self, num_members: int, in_dim: int, hidden: Sequence[int], out_dim: int,
-                 activation: str = "relu", init: str = "default"):
+                 activation: str = "relu", init: str = "default", layer_norm: bool = False):
         super().__init__()
         dims = [in_dim, *hidden, out_dim]
         self.num_members = num_members
+        self.init = init
+        # layer_norm: each hidden layer's output normalised over its units (no learned scale or
+        # shift, so no parameters) before the activation (sac.critic_layer_norm, docs/mbpo_plus.md).
+        self.layer_norm = layer_norm
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-            w = torch.empty(num_members, fan_in, fan_out)
-            b = torch.zeros(num_members, 1, fan_out)
-            if init == "truncated_normal":
+            self.weights.append(nn.Parameter(torch.empty(num_members, fan_in, fan_out)))
+            self.biases.append(nn.Parameter(torch.zeros(num_members, 1, fan_out)))
+        self.reset_parameters()
+        self.activation = {"relu": F.relu, "silu": F.silu}[activation]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw every layer's weights (and biases) afresh from the init distribution."""
+        for w, b in zip(self.weights, self.biases):
+            fan_in = w.shape[1]
+            if self.init == "truncated_normal":
                 # The dynamics model's init (docs/hyperparameters.md, as in MBPO's released code):
                 # std 1/(2 sqrt(fan_in)), truncated at 2 std, zero bias.
                 std = 1.0 / (2.0 * math.sqrt(fan_in))
                 nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
+                b.zero_()
             else:
                 # Same distribution as torch.nn.Linear's default, member by member.
                 bound = 1.0 / math.sqrt(fan_in)
                 nn.init.uniform_(w, -bound, bound)
                 nn.init.uniform_(b, -bound, bound)
-            self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(b))
-        self.activation = {"relu": F.relu, "silu": F.silu}[activation]
+
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm:
+            x = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
+        return self.activation(x)
 
     @property
     def num_layers(self) -> int:
@@ -65,7 +84,7 @@ class StackedMLP(nn.Module):
                 w, b = w.flatten(0, len(seeds)), b.flatten(0, len(seeds))
             x = torch.baddbmm(b, x, w)
             if i < last:
-                x = self.activation(x)
+                x = self._hidden(x)
         if seeds:
             x = x.unflatten(0, (*seeds, -1))
         return full_precision(x)
@@ -76,7 +95,7 @@ class StackedMLP(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.addmm(b[member], x, w[member])
             if i < last:
-                x = self.activation(x)
+                x = self._hidden(x)
         return full_precision(x)
 
     def member_parameters(self) -> List[torch.Tensor]:

@@ -79,10 +79,15 @@ class SeedGroup:
 
     def step(self) -> List[Optional[Dict[str, Any]]]:
         """One env step of every seed; each seed's epoch record (None where none ended)."""
+        resets = [lane.runtime.agent.resets for lane in self.lanes]
         fits = self.fit_models()
         for lane, fit in zip(self.lanes, fits):
             with lane.random.active():
                 lane.loop.advance(fit)
+        if [lane.runtime.agent.resets for lane in self.lanes] != resets:
+            # mbpo.agent_reset_every reset the agents (all seeds at one step): the stacked copy
+            # and its Adam state are built again from them
+            self.stacked = StackedUpdate([lane.runtime.agent for lane in self.lanes])
         due = {lane.loop.updates_due() for lane in self.lanes}
         if due == {True}:
             started = time.perf_counter()
@@ -127,13 +132,14 @@ class SeedGroup:
         and noise from its own stream, as ``LocalRuntime.update_agent`` does alone."""
         b, batch_size = self.cfg.mbpo, self.cfg.sac.batch_size
         for _ in range(b.updates_per_step):
-            batches, noises = [], []
+            batches, noises, subsets = [], [], []
             for lane in self.lanes:
                 with lane.random.torch_active():
                     batches.append(tuple(lane.runtime.sample_batch(batch_size, b.real_ratio)))
                     noises.append(lane.runtime.agent.draw_noise(batch_size))
+                    subsets.append(lane.runtime.agent.draw_subset())
             with autocast(self.device, self.precision):
-                metrics = self.stacked.update(batches, noises)
+                metrics = self.stacked.update(batches, noises, None if subsets[0] is None else subsets)
             for lane, row in zip(self.lanes, metrics):
                 lane.runtime.add_agent_metrics(row)
         self.stacked.write_back()

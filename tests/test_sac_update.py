@@ -44,14 +44,15 @@ def close(got: torch.Tensor, want: torch.Tensor, rtol: float = RTOL) -> bool:
     return bool((got - want).abs().max() <= rtol * want.abs().max().clamp_min(1e-6))
 
 
-def written_out(agent, batch, noise):
+def written_out(agent, batch, noise, subset=None):
     names, target_names = parameter_names(agent.sac_cfg.num_hidden_layers + 1, agent.sac_cfg.num_hidden_layers + 1)
     named = dict(agent.named_parameters())
     with torch.no_grad():
         grads, metrics = sac_gradients({n: named[n].unsqueeze(0) for n in names},
                                        {n: named[n].unsqueeze(0) for n in target_names},
                                        agent.target_entropy.unsqueeze(0), *(t.unsqueeze(0) for t in batch),
-                                       noise.unsqueeze(0), agent.cfg.discount)
+                                       noise.unsqueeze(0), agent.cfg.discount,
+                                       None if subset is None else subset.unsqueeze(0), **agent.gradient_options())
     return {n: g[0] for n, g in grads.items()}, metrics[0]
 
 
@@ -139,3 +140,61 @@ def test_bf16_autocast_gradients_follow_autograd_under_autocast():
     assert metrics.dtype == torch.float32 and all(g.dtype == torch.float32 for g in got.values())
     for name in want:
         assert close(got[name], want[name], rtol=3e-2), (name, (got[name] - want[name]).abs().max())
+
+
+# MBPO+ (docs/mbpo_plus.md#critic-normalisation): the LayerNorms' backward and REDQ's target and
+# policy loss, each against autograd on the modules' own forward (F.layer_norm, the subset's min).
+@pytest.mark.parametrize("options", [
+    {"critic_layer_norm": True}, {"policy_layer_norm": True},
+    {"critic_layer_norm": True, "policy_layer_norm": True, "num_hidden_layers": 3},
+    {"num_critics": 5, "critic_subset": 2}, {"num_critics": 4, "critic_subset": 4},
+    {"num_critics": 6, "critic_subset": 3, "critic_layer_norm": True}])
+def test_mbpo_plus_options_gradients_equal_autograd(options):
+    agent = make_agent(seed=4, **options)
+    with torch.no_grad():
+        agent.log_alpha.fill_(-1.3)
+        for p in agent.q_target.parameters():
+            p.mul_(1.5)
+    for seed in range(3):
+        batch, noise = random_batch(agent, seed=seed)
+        torch.manual_seed(seed)
+        subset = agent.draw_subset()
+        assert (subset is None) == (agent.sac_cfg.critic_subset == agent.sac_cfg.num_critics)
+        want, want_metrics = autograd_gradients(agent, batch, noise, subset)
+        got, metrics = written_out(agent, batch, noise, subset)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            assert close(got[name], want[name]), (name, options, (got[name] - want[name]).abs().max())
+        assert close(metrics, want_metrics), (metrics, want_metrics)
+
+
+def test_the_options_change_what_they_name():
+    """Fails if an option is ignored: LayerNorm changes the critics' and the policy's outputs;
+    REDQ's target is the min over the drawn subset only, and its policy loss the critics' mean."""
+    batch, noise = random_batch(make_agent(), seed=5)
+    plain, _ = written_out(make_agent(seed=1), batch, noise)
+    for option, name in (("critic_layer_norm", "q.weights.0"), ("policy_layer_norm", "policy.net.0.weight")):
+        normed, _ = written_out(make_agent(seed=1, **{option: True}), batch, noise)
+        assert not close(normed[name], plain[name], rtol=1e-2), option
+    agent = make_agent(seed=2, num_critics=5, critic_subset=2)
+    with torch.no_grad():  # critic m outputs about 10 m: the target's min is the subset's smallest
+        for m in range(5):
+            agent.q_target.biases[-1][m].fill_(10.0 * m)
+            agent.q_target.weights[-1][m].zero_()
+    subset = torch.tensor([False, False, True, False, True])
+    _, metrics = written_out(agent, batch, noise, subset)
+    obs, act, rew, next_obs, done = batch
+    alpha = agent.log_alpha.exp()
+    with torch.no_grad():
+        _, next_logp = agent.policy(next_obs, noise[0])
+        y = rew + agent.cfg.discount * (1 - done) * (20.0 - alpha * next_logp)  # critic 2's 20, not critic 0's 0
+        q = agent.q(torch.cat([obs, act], -1)).squeeze(-1)
+    assert torch.allclose(metrics[0], 0.5 * ((q - y) ** 2).mean(1).sum(), rtol=1e-5)
+    assert agent.policy_q_reduction == "mean"
+    counts = torch.zeros(5)
+    torch.manual_seed(0)
+    for _ in range(500):
+        drawn = agent.draw_subset()
+        assert int(drawn.sum()) == 2
+        counts += drawn
+    assert (counts > 150).all()  # each critic in about 2/5 of the draws (200 expected)

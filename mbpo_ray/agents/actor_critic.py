@@ -24,24 +24,38 @@ import torch.nn.functional as F
 
 from mbpo_ray.config import SACConfig
 from mbpo_ray.cuda_graph import GraphedStep
-from mbpo_ray.nn import StackedMLP, full_precision, make_adam
+from mbpo_ray.nn import LAYER_NORM_EPS, StackedMLP, full_precision, make_adam
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
-def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
+class NormReLU(nn.Module):
+    """LayerNorm without learned scale or shift, then ReLU (sac.policy_layer_norm): no parameters,
+    so the policy's parameter names are those of the plain policy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS))
+
+
+def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int, layer_norm: bool = False) -> nn.Sequential:
     mods, dim = [], in_dim
     for _ in range(layers):
-        mods += [nn.Linear(dim, hidden), nn.ReLU()]
+        mods += [nn.Linear(dim, hidden), NormReLU() if layer_norm else nn.ReLU()]
         dim = hidden
     mods.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*mods)
 
 
 class TanhGaussianPolicy(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, layer_norm: bool = False):
         super().__init__()
-        self.net = _mlp(obs_dim, hidden, layers, 2 * act_dim)
+        self.layer_norm = layer_norm
+        self.net = _mlp(obs_dim, hidden, layers, 2 * act_dim, layer_norm)
+
+    @classmethod
+    def from_config(cls, obs_dim: int, act_dim: int, sac_cfg: SACConfig) -> "TanhGaussianPolicy":
+        """The policy a run's ``sac`` config describes (the learner's, a rollout worker's, a video's)."""
+        return cls(obs_dim, act_dim, sac_cfg.hidden_width, sac_cfg.num_hidden_layers, sac_cfg.policy_layer_norm)
 
     def gaussian(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The pre-tanh Gaussian (mean, log std) at obs [B, obs_dim] that actions are drawn from
@@ -99,8 +113,9 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.sac_cfg = sac_cfg
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.policy = TanhGaussianPolicy(obs_dim, act_dim, sac_cfg.hidden_width, sac_cfg.num_hidden_layers)
-        self.q = StackedMLP(num_q, obs_dim + act_dim, [sac_cfg.hidden_width] * sac_cfg.num_hidden_layers, 1)
+        self.policy = TanhGaussianPolicy.from_config(obs_dim, act_dim, sac_cfg)
+        self.q = StackedMLP(num_q, obs_dim + act_dim, [sac_cfg.hidden_width] * sac_cfg.num_hidden_layers, 1,
+                            layer_norm=sac_cfg.critic_layer_norm)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(sac_cfg.init_log_alpha)))
         entropy = sac_cfg.target_entropy if sac_cfg.target_entropy is not None else -float(act_dim)
@@ -118,6 +133,7 @@ class ActorCritic(nn.Module):
         return self.agent_parameters()
 
     def _setup_training(self, device: torch.device) -> None:
+        self.resets = 0  # reset_networks calls
         self.to(device)
         self.device = device
         self.optimizer = make_adam(self._optimizer_params(), self.sac_cfg.learning_rate)
@@ -167,9 +183,16 @@ class ActorCritic(nn.Module):
         """One gradient step on every loss (one backward, one Adam step) and the target-critic
         update; returns the metrics as one tensor (order: ``metric_names``)."""
         noise = self.draw_noise(obs.shape[0])
+        subset = self.draw_subset()
+        draws = (noise,) if subset is None else (noise, subset)
         if self._graphed is not None:
-            return self._graphed(obs, act, rew, next_obs, done, noise)
-        return self._step(obs, act, rew, next_obs, done, noise)
+            return self._graphed(obs, act, rew, next_obs, done, *draws)
+        return self._step(obs, act, rew, next_obs, done, *draws)
+
+    def draw_subset(self) -> Optional[torch.Tensor]:
+        """REDQ's random subset of target critics for one update (drawn after ``draw_noise``), a
+        [num_critics] bool mask; None where the learner has none (SAC's min over all)."""
+        return None
 
     def _step(self, obs, act, rew, next_obs, done, noise) -> torch.Tensor:
         """``update`` after its random draws: a deterministic function of the batch, the noise and
@@ -184,6 +207,21 @@ class ActorCritic(nn.Module):
 
     def metrics_to_dict(self, metrics: torch.Tensor) -> Dict[str, float]:
         return dict(zip(self.metric_names, metrics.tolist()))
+
+    @torch.no_grad()
+    def reset_networks(self) -> None:
+        """Fresh policy, critics and target critics (the target a copy of the new critics) and a
+        fresh Adam state; the temperature stays (mbpo.agent_reset_every, docs/mbpo_plus.md#resets).
+        The parameters are written in place, so views of them (SAC's stack of one) stay valid."""
+        for layer in self.policy.net:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        self.q.reset_parameters()
+        torch._foreach_copy_(self._q_target_params, self._q_params)
+        self.optimizer.state.clear()
+        if self._graphed is not None:
+            self._graphed.reset()
+        self.resets += 1
 
     # --- state ---
     def full_state_dict(self) -> Dict[str, Any]:

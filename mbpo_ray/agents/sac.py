@@ -8,7 +8,7 @@ learners share.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -26,7 +26,10 @@ class SAC(ActorCritic):
     metric_names = METRIC_NAMES
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig, device: torch.device):
-        super().__init__(obs_dim, act_dim, cfg, num_q=2)
+        super().__init__(obs_dim, act_dim, cfg, num_q=cfg.num_critics)
+        # REDQ (docs/mbpo_plus.md#critic-normalisation): a random subset of the target critics
+        self.redq = cfg.critic_subset < cfg.num_critics
+        self.policy_q_reduction = "mean" if self.redq else "min"
         self.cfg = cfg
         layers = cfg.num_hidden_layers + 1
         self._train_names, self._target_names = parameter_names(layers, layers)
@@ -40,10 +43,24 @@ class SAC(ActorCritic):
         shape = (batch_size, self.act_dim)
         return torch.stack([torch.randn(shape, device=self.device), torch.randn(shape, device=self.device)])
 
+    def draw_subset(self) -> Optional[torch.Tensor]:
+        """REDQ: ``sac.critic_subset`` of the ``sac.num_critics`` target critics, drawn anew each
+        update; None for SAC (no draw)."""
+        if not self.redq:
+            return None
+        subset = torch.zeros(self.sac_cfg.num_critics, dtype=torch.bool, device=self.device)
+        subset[torch.randperm(self.sac_cfg.num_critics, device=self.device)[:self.sac_cfg.critic_subset]] = True
+        return subset
+
+    def gradient_options(self) -> Dict[str, bool]:
+        """``sac_gradients``' keyword options from the config (the networks' LayerNorms)."""
+        return {"critic_layer_norm": self.sac_cfg.critic_layer_norm,
+                "policy_layer_norm": self.sac_cfg.policy_layer_norm}
+
     def _compile(self) -> None:
         self._gradients = torch.compile(sac_gradients)
 
-    def _step(self, obs, act, rew, next_obs, done, noise) -> torch.Tensor:
+    def _step(self, obs, act, rew, next_obs, done, noise, subset=None) -> torch.Tensor:
         """One update (``ActorCritic._step``'s contract) from the written-out gradients: the
         parameters as a seed stack of one (views, no copies), the gradients into ``.grad``."""
         with torch.no_grad():
@@ -56,7 +73,8 @@ class SAC(ActorCritic):
             params, target, trained = self._stack_of_one
             grads, metrics = self._gradients(
                 params, target, self.target_entropy.unsqueeze(0), obs.unsqueeze(0), act.unsqueeze(0),
-                rew.unsqueeze(0), next_obs.unsqueeze(0), done.unsqueeze(0), noise.unsqueeze(0), self.cfg.discount)
+                rew.unsqueeze(0), next_obs.unsqueeze(0), done.unsqueeze(0), noise.unsqueeze(0), self.cfg.discount,
+                None if subset is None else subset.unsqueeze(0), **self.gradient_options())
             for name, p in zip(self._train_names, trained):
                 p.grad = grads[name][0]
         self.optimizer.step()

@@ -14,7 +14,7 @@ random stream by the caller, so a seed trained in a stack sees the same numbers 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ class StackedUpdate:
         self.buffer_names = [n for n, _ in template.named_buffers()]
         self.q_pairs = [(by_id[id(t)], by_id[id(q)]) for t, q in zip(template._q_target_params, template._q_params)]
         self.discount = template.cfg.discount
+        self.options = template.gradient_options()
         self._gradients = template._gradients  # sac_gradients, or its torch.compile'd form
         group = template.optimizer.param_groups[0]
         self.load_from_agents()
@@ -111,19 +112,23 @@ class StackedUpdate:
                         "exp_avg_sq": state["exp_avg_sq"][i].clone()}
 
     # --- the update ---
-    def update(self, batches: Sequence[Tuple[torch.Tensor, ...]], noises: Sequence[torch.Tensor]) -> torch.Tensor:
+    def update(self, batches: Sequence[Tuple[torch.Tensor, ...]], noises: Sequence[torch.Tensor],
+               subsets: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """One update of every seed: seed i on ``batches[i]`` (obs, act, rew, next_obs, done) with
-        ``noises[i]``. Returns the metrics [seeds, len(metric_names)]."""
+        ``noises[i]`` (and REDQ's ``subsets[i]``, ``SAC.draw_subset``). Returns the metrics
+        [seeds, len(metric_names)]."""
         columns = [torch.stack(parts) for parts in zip(*batches)]
+        draws = [torch.stack(list(noises))] + ([] if subsets is None else [torch.stack(list(subsets))])
         step = self._step if self._graphed is None else self._graphed
-        return step(*columns, torch.stack(list(noises)))
+        return step(*columns, *draws)
 
-    def _step(self, *columns_and_noise: torch.Tensor) -> torch.Tensor:
-        """``update`` on the stacked batches and noise: a deterministic step that changes the
+    def _step(self, obs, act, rew, next_obs, done, noise, subset=None) -> torch.Tensor:
+        """``update`` on the stacked batches and draws: a deterministic step that changes the
         stacked state in place (what a CUDA graph can replay)."""
         with torch.no_grad():
             grads, metrics = self._gradients(self.train, self.fixed, self.buffers["target_entropy"],
-                                             *columns_and_noise, self.discount)
+                                             obs, act, rew, next_obs, done, noise, self.discount, subset,
+                                             **self.options)
         for n, t in self.train.items():
             t.grad = grads[n]
         self.optimizer.step()

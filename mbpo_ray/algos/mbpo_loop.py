@@ -32,6 +32,8 @@ class LoopState:
     model_metrics: Dict[str, float] = field(default_factory=dict)  # the last fit's
     rollout_metrics: Dict[str, float] = field(default_factory=dict)  # the last rollout batch's
     last_eval: Optional[float] = None
+    model_resets: int = 0  # mbpo.model_reset_every's resets so far
+    agent_resets: int = 0  # mbpo.agent_reset_every's resets so far
 
 
 class LoopBase:
@@ -70,6 +72,10 @@ class LoopBase:
             record.update(self.runtime.diagnostic_metrics())
         record.update(evaluation)
         record.update(self.runtime.runtime_metrics())
+        if cfg.mbpo.model_reset_every:
+            record["model/resets"] = st.model_resets
+        if cfg.mbpo.agent_reset_every:
+            record["train/agent_resets"] = st.agent_resets
         record.update(self.timer.perf(st.env_steps))
         st.episode_returns = []
         return record
@@ -112,6 +118,14 @@ class MBPOLoop(LoopBase):
         ``model_metrics``: the fit that is due was done already (a seed group's stacked fit)."""
         b, rt, st, timed = self.cfg.mbpo, self.runtime, self.state, self.timer.timed
         since_warmup = st.env_steps - b.init_random_steps
+        # MBPO+ resets (docs/mbpo_plus.md#resets): on a period after the warm-up; the model's right
+        # before the fit due at the same step (its period is a multiple of the fit's)
+        if since_warmup > 0 and b.model_reset_every and since_warmup % b.model_reset_every == 0:
+            timed("model", rt.reset_model)
+            st.model_resets += 1
+        if since_warmup > 0 and b.agent_reset_every and since_warmup % b.agent_reset_every == 0:
+            timed("sac", rt.reset_agent)
+            st.agent_resets += 1
         if since_warmup >= 0 and self.uses_model:
             if self.fit_due():
                 st.model_metrics = model_metrics if model_metrics is not None else timed("model", rt.fit_model)

@@ -19,6 +19,9 @@ RUNTIMES = ("local", "ray")
 # names, "package.module:function" names a user's vectorised function.
 TERMINATIONS = ("known", "none", "learned")
 SCHEDULES = ("sync", "async")
+# mbpo.rollout_uncertainty: which rollout transitions the ensemble's disagreement keeps
+# (docs/mbpo_plus.md#uncertainty-aware-rollouts).
+ROLLOUT_UNCERTAINTIES = ("none", "m2ac", "macura")
 
 
 @dataclass
@@ -73,6 +76,12 @@ class ModelConfig:
     """Replay each full-batch fit step (forward, backward, Adam) from a CUDA graph captured once
     per trainer: one launch instead of hundreds on a GPU; on a CPU the same steps run eagerly
     (docs/architecture.md#cuda-graphs)."""
+    normalize_targets: bool = False
+    """MBPO+ (docs/mbpo_plus.md#scale-aware-model-targets): fit the ensemble to per-dimension
+    standardised targets (reward and each state change by their mean and std on the fit's training
+    data), so that the Gaussian NLL's log-variance bounds, early stopping and elite choice weigh
+    every dimension alike instead of the largest-scale ones; predictions come back in env units.
+    false: the paper's raw targets."""
     stacked_fit: str = "auto"
     """In a seed group (train --seeds): fit all seeds' ensembles as one stacked fit ("always"),
     seed after seed ("never"), or "auto": stacked on a CUDA device, seed after seed on a CPU, where
@@ -100,6 +109,19 @@ class SACConfig:
     target_entropy: Optional[float] = None
     """Entropy target of the temperature; null means -action_dim (the SAC default). The presets
     set the paper's values."""
+    critic_layer_norm: bool = False
+    """MBPO+ (docs/mbpo_plus.md#critic-normalisation): LayerNorm (no learned scale or shift) after
+    each hidden layer of the critics and their targets, before the ReLU. false: the paper's SAC."""
+    policy_layer_norm: bool = False
+    """MBPO+: the same LayerNorm in the policy's hidden layers."""
+    num_critics: int = 2
+    """Critics in the ensemble: 2 is SAC's twin Q; more with critic_subset < num_critics is REDQ
+    (docs/mbpo_plus.md#critic-normalisation): mbpo and sac."""
+    critic_subset: int = 2
+    """REDQ's M: the TD target takes the min over a random subset of this many target critics,
+    drawn anew each update; equal to num_critics, the min over all (SAC). With
+    critic_subset < num_critics the policy loss takes the mean over all critics (REDQ), else
+    the min."""
     replay_size: int = 1_000_000
     """Capacity of D_env (capped at total_steps)."""
     compile: bool = False
@@ -138,6 +160,31 @@ class MBPOConfig:
     of the env's time limit, at least 500 and at most 5000, filled in when the env is made."""
     min_real_before_updates: int = 256
     """SAC updates start once D_env holds this many transitions (at least one batch)."""
+    rollout_uncertainty: str = "none"
+    """MBPO+ (docs/mbpo_plus.md#uncertainty-aware-rollouts): none (the paper: every rollout runs k
+    steps); m2ac (masked rollouts: at each step keep only the transitions with the lowest
+    uncertainty, a share that decays with the step); macura (a rollout stops where its
+    uncertainty crosses a threshold set from a quantile of the first step's uncertainty at real
+    start states). Both read the mean pairwise Jensen-Shannon divergence of the elites' Gaussians;
+    k of the rollout schedule is the longest rollout."""
+    m2ac_keep_rate: float = 0.5
+    """m2ac: the share of transitions kept when k = 1; for k > 1 step h (from 0) keeps
+    (k - h) / (2 (k + 1)) of the start states, M2AC's decaying rate."""
+    macura_quantile: float = 95.0
+    """macura: the percentile (0-100] of the first step's uncertainty that sets the threshold."""
+    macura_scale: float = 1.0
+    """macura: the threshold is this times that percentile, averaged over the run's rollout
+    batches so far."""
+    uncertainty_penalty: float = 0.0
+    """m2ac, macura: each kept transition's reward minus this times its uncertainty (M2AC's
+    model-error penalty); 0: rewards as predicted."""
+    model_reset_every: int = 0
+    """MBPO+ (docs/mbpo_plus.md#resets): re-initialise the dynamics ensemble (weights, log-variance
+    bounds, its Adam state) every this many env steps after the warm-up, right before that step's
+    fit; a multiple of model_train_freq. 0: never."""
+    agent_reset_every: int = 0
+    """MBPO+: re-initialise the agent's policy, critics and target critics and their Adam state (the
+    temperature and both buffers kept) every this many env steps after the warm-up. 0: never."""
     termination: str = "known"
     """What ends a model rollout (MBPO) or a particle (PETS): known (the paper env's rule),
     none (never), learned (a classifier fit on D_env's terminated flags with the ensemble;

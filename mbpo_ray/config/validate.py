@@ -6,7 +6,8 @@ import re
 from typing import Any
 
 from mbpo_ray.config.presets import ENTRY_POINT, SUPPORTED_ENVS, check_env_id
-from mbpo_ray.config.schema import (ALGOS, PRECISIONS, PROPAGATIONS, RUNTIMES, SCHEDULES, TERMINATIONS, MBPOConfig,
+from mbpo_ray.config.schema import (ALGOS, PRECISIONS, PROPAGATIONS, ROLLOUT_UNCERTAINTIES, RUNTIMES, SCHEDULES,
+                                    TERMINATIONS, MBPOConfig,
                                     ModelConfig, PETSConfig, SACConfig, TrainConfig)
 from mbpo_ray.errors import ConfigError
 
@@ -32,6 +33,7 @@ def validate(cfg: TrainConfig) -> None:
     _check_ray(cfg)
     _check_pets(cfg.pets)
     _check_steve(cfg)
+    _check_mbpo_plus(cfg)
 
 
 def _check_run(cfg: TrainConfig) -> None:
@@ -139,6 +141,9 @@ def _check_sac(s: SACConfig) -> None:
     require(0 < s.discount <= 1, "sac.discount", s.discount, "within (0, 1]")
     require(0 < s.tau <= 1, "sac.tau", s.tau, "within (0, 1]")
     require(s.replay_size >= 1, "sac.replay_size", s.replay_size, "at least 1")
+    require(s.num_critics >= 2, "sac.num_critics", s.num_critics, "at least 2")
+    require(1 <= s.critic_subset <= s.num_critics, "sac.critic_subset", s.critic_subset,
+            f"between 1 and sac.num_critics ({s.num_critics})")
 
 
 def _check_mbpo(b: MBPOConfig) -> None:
@@ -241,3 +246,51 @@ def _check_steve(cfg: TrainConfig) -> None:
     # STEVE learns from real transitions only (its models expand the TD target instead).
     require(cfg.algo != "steve" or cfg.mbpo.real_ratio == 1.0, "mbpo.real_ratio", cfg.mbpo.real_ratio,
             "1 with algo steve (STEVE has no model buffer)")
+
+
+def _check_mbpo_plus(cfg: TrainConfig) -> None:
+    """The MBPO+ options (docs/mbpo_plus.md): their values, and the algorithms and runtimes that
+    take each."""
+    b, s = cfg.mbpo, cfg.sac
+    require(b.rollout_uncertainty in ROLLOUT_UNCERTAINTIES, "mbpo.rollout_uncertainty", b.rollout_uncertainty,
+            f"one of {', '.join(ROLLOUT_UNCERTAINTIES)}")
+    require(0 < b.m2ac_keep_rate <= 1, "mbpo.m2ac_keep_rate", b.m2ac_keep_rate, "within (0, 1]")
+    require(0 < b.macura_quantile <= 100, "mbpo.macura_quantile", b.macura_quantile, "within (0, 100]")
+    require(b.macura_scale > 0, "mbpo.macura_scale", b.macura_scale, "a positive number")
+    require(b.uncertainty_penalty >= 0, "mbpo.uncertainty_penalty", b.uncertainty_penalty,
+            "a non-negative number")
+    require(b.model_reset_every >= 0 and b.model_reset_every % b.model_train_freq == 0,
+            "mbpo.model_reset_every", b.model_reset_every,
+            f"0 (never) or a multiple of mbpo.model_train_freq ({b.model_train_freq}): a reset comes right "
+            f"before a fit")
+    require(b.agent_reset_every >= 0, "mbpo.agent_reset_every", b.agent_reset_every,
+            "0 (never) or a positive number of env steps")
+    model_options = [name for name, on in (("mbpo.rollout_uncertainty", b.rollout_uncertainty != "none"),
+                                           ("mbpo.model_reset_every", b.model_reset_every > 0)) if on]
+    for name in model_options:
+        value = getattr(b, name.split(".")[1])
+        require(cfg.algo == "mbpo" and b.real_ratio < 1, name, value,
+                f"its default with algo {cfg.algo} and mbpo.real_ratio {b.real_ratio} (it acts on MBPO's model "
+                f"rollouts: algo mbpo with mbpo.real_ratio < 1)")
+    require(not cfg.model.normalize_targets or cfg.algo in ("mbpo", "pets"), "model.normalize_targets",
+            cfg.model.normalize_targets, f"false with algo {cfg.algo} (it acts on the dynamics ensemble of mbpo "
+            f"and pets)")
+    sac_algos = ("mbpo", "sac")
+    require(b.agent_reset_every == 0 or cfg.algo in sac_algos, "mbpo.agent_reset_every", b.agent_reset_every,
+            f"0 with algo {cfg.algo} (it resets the SAC learner of mbpo and sac)")
+    redq = s.num_critics != 2 or s.critic_subset != 2
+    require(not redq or cfg.algo in sac_algos, "sac.num_critics", s.num_critics,
+            f"2 (with sac.critic_subset 2) for algo {cfg.algo} (a critic ensemble is the SAC learner's of mbpo "
+            f"and sac; steve has steve.num_q)")
+    for name in ("critic_layer_norm", "policy_layer_norm"):
+        require(not getattr(s, name) or cfg.algo in ("mbpo", "sac", "steve"), f"sac.{name}", getattr(s, name),
+                f"false with algo {cfg.algo} (the SAC learner of mbpo, sac and steve)")
+    if cfg.runtime == "ray":
+        # The Ray runtime's roles hold the learner, the ensemble and stateless rollout workers: the
+        # options that live there run; the ones with state of their own in the loop do not.
+        require(b.rollout_uncertainty != "macura", "mbpo.rollout_uncertainty", b.rollout_uncertainty,
+                "none or m2ac with runtime ray (macura's threshold is state of the run's driver, which the "
+                "ray runtime's rollout workers do not share); use runtime local")
+        for name in ("model_reset_every", "agent_reset_every"):
+            require(getattr(b, name) == 0, f"mbpo.{name}", getattr(b, name),
+                    "0 with runtime ray (resets run on the local runtime); use runtime local")

@@ -185,7 +185,7 @@ class Run:
     def _build(self, env_steps: int, networks: Dict[str, Any], source: Path) -> Networks:
         cfg = self.cfg
         obs_dim, act_dim = self.dims
-        policy = TanhGaussianPolicy(obs_dim, act_dim, cfg.sac.hidden_width, cfg.sac.num_hidden_layers)
+        policy = TanhGaussianPolicy.from_config(obs_dim, act_dim, cfg.sac)
         model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model)
         try:
             policy.load_state_dict(networks["policy"])

@@ -32,6 +32,12 @@ class ProbabilisticEnsemble(nn.Module):
         self.register_buffer("input_mean", torch.zeros(self.in_dim))
         self.register_buffer("input_std", torch.ones(self.in_dim))
         self.register_buffer("elite_idx", torch.arange(cfg.num_elites))
+        # model.normalize_targets (docs/mbpo_plus.md#scale-aware-model-targets): the members
+        # predict standardised [reward, delta]; these turn it back into env units.
+        self.normalize_targets = cfg.normalize_targets
+        self.register_buffer("target_mean", torch.zeros(self.out_dim))
+        self.register_buffer("target_std", torch.ones(self.out_dim))
+        self._init_logvar = (cfg.init_max_logvar, cfg.init_min_logvar)
 
     # --- normalisation ---
     def set_normalizer(self, inputs: torch.Tensor) -> None:
@@ -40,8 +46,31 @@ class ProbabilisticEnsemble(nn.Module):
         self.input_mean.copy_(inputs.mean(dim=0))
         self.input_std.copy_(std)
 
+    def set_target_normalizer(self, targets: torch.Tensor) -> None:
+        """The per-dimension mean and std of the fit's targets (model.normalize_targets)."""
+        std = targets.std(dim=0, unbiased=False)
+        self.target_mean.copy_(targets.mean(dim=0))
+        self.target_std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.input_mean) / self.input_std
+
+    def scale_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Targets in the units the members predict (standardised with model.normalize_targets)."""
+        return (targets - self.target_mean) / self.target_std if self.normalize_targets else targets
+
+    def _to_env_units(self, mean: torch.Tensor, logvar: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self.normalize_targets:
+            return mean, logvar
+        return mean * self.target_std + self.target_mean, logvar + 2 * self.target_std.log()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fresh weights and log-variance bounds, as at construction (mbpo.model_reset_every); the
+        normalisers and elites stay until the next fit sets them."""
+        self.net.reset_parameters()
+        self.max_logvar.fill_(self._init_logvar[0])
+        self.min_logvar.fill_(self._init_logvar[1])
 
     def _split(self, out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = out.split(self.out_dim, dim=-1)
@@ -52,6 +81,11 @@ class ProbabilisticEnsemble(nn.Module):
     # --- all members (training, holdout) ---
     def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """inputs: raw [E, B, in] or [B, in] -> mean, logvar of [reward, delta_obs], [E, B, out]."""
+        return self._to_env_units(*self.forward_scaled(inputs))
+
+    def forward_scaled(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` in the units the members predict (``scale_targets``'): what the fit's loss
+        compares with the scaled targets."""
         return self._split(self.net(self._normalize(inputs)))
 
     # --- one member per sample (rollouts) ---
@@ -68,7 +102,7 @@ class ProbabilisticEnsemble(nn.Module):
                 pieces.append(self.net.forward_member(chunk, m))
         out = torch.empty(x.shape[0], 2 * self.out_dim, device=x.device, dtype=x.dtype)
         out[order] = torch.cat(pieces)
-        return self._split(out)
+        return self._to_env_units(*self._split(out))
 
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, act: torch.Tensor, member: torch.Tensor

@@ -63,3 +63,17 @@ class ModelEnv:
         terminated = self.termination(obs, act, next_obs)
         finite = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(reward)
         return ModelStep(next_obs, reward, terminated, finite)
+
+    @torch.no_grad()
+    def step_all_members(self, obs: torch.Tensor, act: torch.Tensor, member: torch.Tensor):
+        """``step`` with noise "all" from one forward pass of every member (what an uncertainty
+        rule needs, mbpo.rollout_uncertainty): (the step of each row's ``member``, every member's
+        mean and logvar [E, B, out] in env units). Random draws: one ``randn`` of [B, out]."""
+        mean, logvar = self.model(torch.cat([obs, act], dim=-1))
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        chosen_mean, chosen_logvar = mean[member, rows], logvar[member, rows]
+        draw = chosen_mean + torch.randn_like(chosen_mean) * (0.5 * chosen_logvar).exp()
+        next_obs, reward = obs + draw[:, 1:], draw[:, 0]
+        terminated = self.termination(obs, act, next_obs)
+        finite = torch.isfinite(next_obs).all(dim=-1) & torch.isfinite(reward)
+        return ModelStep(next_obs, reward, terminated, finite), mean, logvar

@@ -104,7 +104,8 @@ class EnsembleTrainer:
         stacked fit's leading seed dimension on the data and the model's tensors
         (``mbpo_ray.models.stacked_fit``), inputs [S, E, B, in] -> [S], each seed's own loss."""
         model, cfg = self.model, self.cfg
-        mean, logvar = model(inputs)
+        mean, logvar = model.forward_scaled(inputs)
+        targets = model.scale_targets(targets)
         nll = ((mean - targets) ** 2 * torch.exp(-logvar)).mean(dim=(-2, -1)) + logvar.mean(dim=(-2, -1))
         loss = nll.sum(dim=-1)
         # tf.nn.l2_loss convention of the released code: decay * sum(w^2) / 2, weights only.
@@ -115,9 +116,23 @@ class EnsembleTrainer:
 
     @torch.no_grad()
     def member_mse(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """MSE of each member's mean on the same data -> [E] ([S, E] with a leading seed dimension)."""
+        """MSE of each member's mean on the same data -> [E] ([S, E] with a leading seed dimension),
+        in the units the members predict: what early stopping and the elites go by."""
+        mean, _ = self.model.forward_scaled(inputs)
+        return ((mean - self.model.scale_targets(targets)) ** 2).mean(dim=(-2, -1))
+
+    @torch.no_grad()
+    def member_errors(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each member's mean squared error of each target dimension, in env units -> [E, out]."""
         mean, _ = self.model(inputs)
-        return ((mean - targets) ** 2).mean(dim=(-2, -1))
+        return ((mean - targets) ** 2).mean(dim=-2)
+
+    def reset(self) -> None:
+        """A fresh ensemble (``ProbabilisticEnsemble.reset_parameters``) and a fresh Adam state
+        (mbpo.model_reset_every, docs/mbpo_plus.md#resets)."""
+        self.model.reset_parameters()
+        self.optimizer.state.clear()
+        self.state_replaced()
 
     def fit_buffer(self, buffer: ReplayBuffer) -> Dict[str, float]:
         """Fit on every transition stored in ``buffer`` (in its storage order)."""
@@ -161,6 +176,8 @@ class EnsembleTrainer:
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
         run.fallback = (state, copy.deepcopy(self.optimizer.state_dict()))  # a copy: the live state mutates
         self.model.set_normalizer(run.train_in)
+        if self.model.normalize_targets:
+            self.model.set_target_normalizer(run.train_tg)
         return run
 
     def finish(self, run: FitRun) -> Dict[str, float]:
@@ -182,11 +199,16 @@ class EnsembleTrainer:
             holdout_mse = self.member_mse(run.holdout_in, run.holdout_tg)
         else:
             model.elite_idx.copy_(torch.argsort(holdout_mse)[: model.num_elites])
-        elite_mse = holdout_mse[model.elite_idx]
+        # the elites' error per dimension over that dimension's variance, averaged: a scale-free
+        # error that compares fits with and without model.normalize_targets
+        member_errors = self.member_errors(run.holdout_in, run.holdout_tg)
+        errors = member_errors[model.elite_idx].mean(dim=0)
+        variance = run.holdout_tg.var(dim=0, unbiased=False).clamp_min(1e-12)
         return {
             "model/train_loss": run.train_loss,
-            "model/holdout_mse": float(elite_mse.mean()),
-            "model/holdout_mse_all": float(holdout_mse.mean()),
+            "model/holdout_mse": float(errors.mean()),
+            "model/holdout_nmse": float((errors / variance).mean()),
+            "model/holdout_mse_all": float(member_errors.mean()),
             "model/epochs": run.epoch,
             "model/num_train": run.n_train,
             "model/num_holdout": run.num_holdout,

@@ -36,6 +36,13 @@ class Runtime(Protocol):
     def update_agent(self, num_updates: int, real_ratio: float) -> None:
         """num_updates agent gradient steps on batches mixing real_ratio real data."""
 
+    def reset_agent(self) -> None:
+        """Re-initialise the agent's networks and their optimiser state (mbpo.agent_reset_every;
+        docs/mbpo_plus.md#resets)."""
+
+    def reset_model(self) -> None:
+        """Re-initialise the dynamics ensemble and its optimiser state (mbpo.model_reset_every)."""
+
     def agent_metrics(self) -> Dict[str, float]:
         """Mean agent metrics since the last call."""
 

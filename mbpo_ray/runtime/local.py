@@ -13,7 +13,7 @@ from mbpo_ray.live_metrics import BehaviorLog, elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.evaluation import evaluate_policy
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
-from mbpo_ray.models.rollout import branched_rollout
+from mbpo_ray.models.rollout import branched_rollout, make_rollout_uncertainty
 from mbpo_ray.models.targets import fit_data_from_buffer
 from mbpo_ray.models.termination import LearnedTermination
 from mbpo_ray.precision import autocast, choose_precision
@@ -87,6 +87,12 @@ class AgentRuntime:
             with autocast(self.device, self.precision):
                 self.add_agent_metrics(self.agent.update(*batch))
 
+    def reset_agent(self) -> None:
+        self.agent.reset_networks()
+
+    def reset_model(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no dynamics model to reset (mbpo.real_ratio must be 1)")
+
     def add_agent_metrics(self, metrics: torch.Tensor) -> None:
         """One update's metrics (the agent's ``metric_names`` order) into this epoch's means."""
         self.metrics.add(metrics)
@@ -143,6 +149,7 @@ class LocalRuntime(AgentRuntime):
         # model/new_data_mse). Only where rollouts use the policy (real_ratio < 1).
         self.behavior = BehaviorLog(self.obs_dim, self.act_dim, device=device) if cfg.mbpo.real_ratio < 1 else None
         self.steps_since_fit, self.model_fitted = 0, False
+        self.rollout_uncertainty = make_rollout_uncertainty(cfg.mbpo)  # MBPO+ (docs/mbpo_plus.md)
 
     # --- env ---
     def env_step(self, random_action: bool) -> Optional[float]:
@@ -162,6 +169,9 @@ class LocalRuntime(AgentRuntime):
         with autocast(self.device, self.precision):
             metrics = self.model_trainer.fit(*self.fit_data())
         return self.model_fit_done(metrics, new_data)
+
+    def reset_model(self) -> None:
+        self.model_trainer.reset()
 
     def fit_data(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """D_env as the ensemble fits it: (inputs, targets), every stored transition."""
@@ -198,7 +208,7 @@ class LocalRuntime(AgentRuntime):
         start_obs = self.real_buffer.sample(num_start_states)[0]
         with autocast(self.device, self.precision):
             return branched_rollout(self.model, self.agent.policy, start_obs, rollout_length,
-                                    self.termination, self.model_buffer)
+                                    self.termination, self.model_buffer, self.rollout_uncertainty)
 
     # --- agent ---
     def sample_batch(self, batch_size: int, real_ratio: float):
@@ -211,6 +221,8 @@ class LocalRuntime(AgentRuntime):
                  "model_buffer": self.model_buffer.state_dict()}
         if self.learned_termination is not None:
             state["learned_termination"] = self.learned_termination.state_dict()
+        if self.rollout_uncertainty is not None:
+            state["rollout_uncertainty"] = self.rollout_uncertainty.state_dict()
         state["diagnostics"] = {"steps_since_fit": self.steps_since_fit, "model_fitted": self.model_fitted}
         if self.behavior is not None:
             state["diagnostics"]["behavior"] = self.behavior.state_dict()
@@ -223,6 +235,8 @@ class LocalRuntime(AgentRuntime):
         self.model_buffer.load_state_dict(state["model_buffer"])
         if self.learned_termination is not None:
             self.learned_termination.load_state_dict(state["learned_termination"])
+        if self.rollout_uncertainty is not None and "rollout_uncertainty" in state:
+            self.rollout_uncertainty.load_state_dict(state["rollout_uncertainty"])
         # checkpoints written before the live diagnostics: they start afresh
         diagnostics = state.get("diagnostics", {})
         self.steps_since_fit = diagnostics.get("steps_since_fit", 0)

@@ -94,7 +94,7 @@ def _steve_policy(run):
         weights = {k[len("policy."):]: v for k, v in module.items() if k.startswith("policy.")}
         obs_dim = weights["net.0.weight"].shape[1]
         act_dim = weights[f"net.{2 * run.cfg.sac.num_hidden_layers}.weight"].shape[0] // 2
-        policy = TanhGaussianPolicy(obs_dim, act_dim, run.cfg.sac.hidden_width, run.cfg.sac.num_hidden_layers)
+        policy = TanhGaussianPolicy.from_config(obs_dim, act_dim, run.cfg.sac)
         policy.load_state_dict(weights)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise VideoError(f"{run.dir.checkpoint_path} does not hold a steve run's policy ({type(exc).__name__}: "

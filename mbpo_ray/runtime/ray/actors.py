@@ -24,7 +24,7 @@ from mbpo_ray.precision import autocast, choose_precision
 from mbpo_ray.live_metrics import elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
-from mbpo_ray.models.rollout import branched_rollout
+from mbpo_ray.models.rollout import branched_rollout, make_rollout_uncertainty
 from mbpo_ray.models.termination import LearnedTermination
 from mbpo_ray.nn import cpu_weights
 
@@ -68,8 +68,7 @@ class EnvCollector(Role):
         torch.manual_seed(seed)
         self.cfg = cfg
         self.train_env = TrainingEnv(cfg.env_id, seed, cfg.env_kwargs)
-        self.policy = TanhGaussianPolicy(self.train_env.obs_dim, self.train_env.act_dim, cfg.sac.hidden_width,
-                                         cfg.sac.num_hidden_layers)
+        self.policy = TanhGaussianPolicy.from_config(self.train_env.obs_dim, self.train_env.act_dim, cfg.sac)
         self.layout = RowLayout(self.train_env.obs_dim, self.train_env.act_dim)
         self.policy_version = -1
         self.steps = 0
@@ -309,10 +308,11 @@ class RolloutWorker(Role):
         self.precision = choose_precision(cfg.precision, self.device)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg.model).to(self.device)
-        self.policy = TanhGaussianPolicy(obs_dim, act_dim, cfg.sac.hidden_width,
-                                         cfg.sac.num_hidden_layers).to(self.device)
+        self.policy = TanhGaussianPolicy.from_config(obs_dim, act_dim, cfg.sac).to(self.device)
         # mbpo.termination; a learned rule takes the classifier published with the model weights
         self.termination = make_termination(cfg, obs_dim, self.device)
+        # mbpo.rollout_uncertainty: m2ac only (validation), which keeps no state between batches
+        self.uncertainty = make_rollout_uncertainty(cfg.mbpo)
 
     def generate(self, model_weights: Dict[str, Any], policy: Dict[str, Any], start_obs: np.ndarray,
                  k: int, buffer, ticket: Tuple[str, int]) -> Dict[str, float]:
@@ -328,7 +328,7 @@ class RolloutWorker(Role):
         out = ReplayBuffer(self.obs_dim, self.act_dim, max(1, start_obs.shape[0] * k), self.device)
         with autocast(self.device, self.precision):
             metrics = branched_rollout(self.model, self.policy, torch.from_numpy(start_obs).to(self.device),
-                                       k, self.termination, out)
+                                       k, self.termination, out, self.uncertainty)
         ray.get(buffer.add_model.remote(out.rows_in_order().cpu().numpy(), ticket))
         metrics["rollout/model_version"] = model_weights["version"]
         metrics["rollout/policy_version"] = policy["version"]

@@ -59,8 +59,7 @@ class RayRuntime:
             self.close()
             raise
         self.eval_env = make_env(cfg.env_id, kwargs=cfg.env_kwargs)
-        self.eval_policy = TanhGaussianPolicy(self.obs_dim, self.act_dim, cfg.sac.hidden_width,
-                                              cfg.sac.num_hidden_layers)
+        self.eval_policy = TanhGaussianPolicy.from_config(self.obs_dim, self.act_dim, cfg.sac)
         self.scaler = ActionScaler(self.eval_env.action_space)
         self.policy_ref = None            # the learner's latest published policy
         self.policy_version = 0
@@ -221,8 +220,11 @@ class RayRuntime:
             return sum(p[key] * p[by] for p in parts) / max(1, sum(p[by] for p in parts))
         # the live diagnostics, per start state (docs/diagnostics.md#live-metrics)
         starts = {key: weighted(key, "rollout/start_states") for key in
-                  ("rollout/ended_terminated", "rollout/ended_nonfinite", "rollout/start_disagreement")
+                  ("rollout/ended_terminated", "rollout/ended_nonfinite", "rollout/start_disagreement",
+                   "rollout/mean_length", "rollout/ended_by_uncertainty")
                   if all(key in p for p in parts)}
+        if all("rollout/mean_uncertainty" in p for p in parts):
+            starts["rollout/mean_uncertainty"] = weighted("rollout/mean_uncertainty")
         return {"rollout/k": parts[0]["rollout/k"],
                 "rollout/steps_taken": max(p["rollout/steps_taken"] for p in parts),
                 "rollout/start_states": sum(p["rollout/start_states"] for p in parts),
@@ -247,6 +249,14 @@ class RayRuntime:
 
     def fit_model(self) -> Dict[str, float]:
         return self._run(self.start_fit())
+
+    def reset_model(self) -> None:
+        raise NotImplementedError("the ray runtime does not reset its model (config validation refuses "
+                                  "mbpo.model_reset_every with runtime ray)")
+
+    def reset_agent(self) -> None:
+        raise NotImplementedError("the ray runtime does not reset its learner (config validation refuses "
+                                  "mbpo.agent_reset_every with runtime ray)")
 
     def generate_rollouts(self, num_start_states: int, rollout_length: int,
                           model_buffer_capacity: int) -> Dict[str, float]:
