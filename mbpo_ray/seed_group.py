@@ -80,14 +80,17 @@ class SeedGroup:
     def step(self) -> List[Optional[Dict[str, Any]]]:
         """One env step of every seed; each seed's epoch record (None where none ended)."""
         resets = [lane.runtime.agent.resets for lane in self.lanes]
-        fits = self.fit_models()
-        for lane, fit in zip(self.lanes, fits):
+        for lane in self.lanes:  # MBPO+ resets, before the fit as alone (docs/mbpo_plus.md#resets)
             with lane.random.active():
-                lane.loop.advance(fit)
+                lane.loop.reset_if_due()
         if [lane.runtime.agent.resets for lane in self.lanes] != resets:
             # mbpo.agent_reset_every reset the agents (all seeds at one step): the stacked copy
             # and its Adam state are built again from them
             self.stacked = StackedUpdate([lane.runtime.agent for lane in self.lanes])
+        fits = self.fit_models()
+        for lane, fit in zip(self.lanes, fits):
+            with lane.random.active():
+                lane.loop.advance(fit)
         due = {lane.loop.updates_due() for lane in self.lanes}
         if due == {True}:
             started = time.perf_counter()

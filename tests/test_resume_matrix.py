@@ -52,6 +52,18 @@ def small_mbpo(tiny_config, **extra):
     return tiny_config(**overrides)
 
 
+def mbpo_plus(tiny_config, **extra):
+    """Every MBPO+ option at once (docs/mbpo_plus.md): macura's running threshold, REDQ's critic
+    ensemble and subset draws, LayerNorms, both resets (every 50 steps after the warm-up: at
+    env steps 75 and 125, the first of them right at the stop), scale-aware targets."""
+    options = {"mbpo.rollout_uncertainty": "macura", "mbpo.rollout_schedule": [0, 1, 3, 3],
+               "sac.critic_layer_norm": True, "sac.policy_layer_norm": True, "sac.num_critics": 4,
+               "sac.critic_subset": 2, "mbpo.model_reset_every": 50, "mbpo.agent_reset_every": 50,
+               "model.normalize_targets": True}
+    options.update(extra)
+    return small_mbpo(tiny_config, **options)
+
+
 def pets_local(tiny_config):
     return make_config(ENV, {
         "algo": "pets", "total_steps": 200, "seed": 3, "device": "cpu", "mbpo.epoch_length": 100,
@@ -108,6 +120,9 @@ class Case:
 CASES = [
     Case("mbpo-local", small_mbpo, bit_identical=True),
     Case("sac-local", lambda t: small_mbpo(t, algo="sac"), bit_identical=True),
+    Case("mbpo-plus-local", mbpo_plus, bit_identical=True),
+    Case("mbpo-m2ac-local", lambda t: small_mbpo(t, **{"mbpo.rollout_uncertainty": "m2ac",
+                                                        "mbpo.rollout_schedule": [0, 1, 3, 3]}), bit_identical=True),
     Case("pets-local", pets_local, bit_identical=True),
     Case("steve-local", steve_local, bit_identical=True),
     Case("mbpo-ray-sync", ray_config, bit_identical=False, uses_ray=True, same_until_stop=True,

@@ -49,6 +49,7 @@ class LoopBase:
         self.rollout_freq = b.rollout_freq or b.model_train_freq
         self.start_states_per_rollout = max(1, b.rollout_batch_size * self.rollout_freq // b.model_train_freq)
         self.uses_model = b.real_ratio < 1.0
+        self._resets_done_at: Optional[int] = None  # the env step whose resets were done
         self.timer = EpochTimer(PHASES, self.state.env_steps)
 
     def rollout_length(self) -> int:
@@ -113,19 +114,29 @@ class MBPOLoop(LoopBase):
         since_warmup = self.state.env_steps - self.cfg.mbpo.init_random_steps
         return since_warmup >= 0 and self.uses_model and since_warmup % self.cfg.mbpo.model_train_freq == 0
 
+    def reset_if_due(self) -> None:
+        """MBPO+ resets (docs/mbpo_plus.md#resets) due at this step, once: on their period after the
+        warm-up, before anything else of the step (the model's right before the fit due at the
+        same step: its period is a multiple of the fit's). A seed group calls it before its
+        stacked fit, so that each seed draws its numbers in the order it draws them alone."""
+        b, st = self.cfg.mbpo, self.state
+        if self._resets_done_at == st.env_steps:
+            return
+        self._resets_done_at = st.env_steps
+        since_warmup = st.env_steps - b.init_random_steps
+        if since_warmup > 0 and b.model_reset_every and since_warmup % b.model_reset_every == 0:
+            self.timer.timed("model", self.runtime.reset_model)
+            st.model_resets += 1
+        if since_warmup > 0 and b.agent_reset_every and since_warmup % b.agent_reset_every == 0:
+            self.timer.timed("sac", self.runtime.reset_agent)
+            st.agent_resets += 1
+
     def advance(self, model_metrics: Optional[Dict[str, float]] = None) -> None:
         """The step up to its agent updates: the model fit and rollouts when due, one env step.
         ``model_metrics``: the fit that is due was done already (a seed group's stacked fit)."""
         b, rt, st, timed = self.cfg.mbpo, self.runtime, self.state, self.timer.timed
         since_warmup = st.env_steps - b.init_random_steps
-        # MBPO+ resets (docs/mbpo_plus.md#resets): on a period after the warm-up; the model's right
-        # before the fit due at the same step (its period is a multiple of the fit's)
-        if since_warmup > 0 and b.model_reset_every and since_warmup % b.model_reset_every == 0:
-            timed("model", rt.reset_model)
-            st.model_resets += 1
-        if since_warmup > 0 and b.agent_reset_every and since_warmup % b.agent_reset_every == 0:
-            timed("sac", rt.reset_agent)
-            st.agent_resets += 1
+        self.reset_if_due()
         if since_warmup >= 0 and self.uses_model:
             if self.fit_due():
                 st.model_metrics = model_metrics if model_metrics is not None else timed("model", rt.fit_model)

@@ -86,12 +86,23 @@ class ReplayBuffer:
         return self.split(self.storage[: self.size])
 
     def state_dict(self) -> Dict:
-        return {"rows": self.rows_in_order().cpu().clone(), "capacity": self.capacity}
+        """The rows in storage order with the write position: a loaded buffer maps every index to
+        the row it held, so that its samples after a resume are the ones it would have drawn
+        (a wrapped buffer saved oldest first would not)."""
+        return {"rows": self.storage[: self.size].cpu().clone(), "capacity": self.capacity, "ptr": self.ptr}
+
+    @staticmethod
+    def saved_rows_in_order(state: Dict) -> torch.Tensor:
+        """The rows of a ``state_dict``, oldest first."""
+        rows, ptr = state["rows"], state.get("ptr", 0)
+        return torch.cat([rows[ptr:], rows[:ptr]]) if rows.shape[0] == state["capacity"] else rows
 
     def load_state_dict(self, state: Dict) -> None:
         self.storage = torch.zeros(state["capacity"], self.width, device=self.device)
         self.ptr, self.size = 0, 0
         self.add_rows(state["rows"].to(self.device))
+        if "ptr" in state:  # checkpoints before it held the rows oldest first (ptr 0 after loading)
+            self.ptr = state["ptr"]
 
 
 def sample_mixed(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, real_ratio: float) -> Batch:

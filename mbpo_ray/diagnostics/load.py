@@ -13,6 +13,7 @@ import torch
 
 from mbpo_ray.agents.sac import SAC, TanhGaussianPolicy
 from mbpo_ray.config import TrainConfig
+from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.diagnostics.params import DiagnosticsError
 from mbpo_ray.envs import make_termination, prepare_config
@@ -124,9 +125,9 @@ class Run:
                 rt = _runtime_state(algorithm)
                 networks = networks_of_state(algorithm)
                 if "learner" in rt:
-                    agent, real = rt["learner"]["agent"], rt["buffer"]["real"]["rows"]
+                    agent, real = rt["learner"]["agent"], ReplayBuffer.saved_rows_in_order(rt["buffer"]["real"])
                 else:
-                    agent, real = rt["agent"], rt["real_buffer"]["rows"]
+                    agent, real = rt["agent"], ReplayBuffer.saved_rows_in_order(rt["real_buffer"])
                 self._state = {"env_steps": int(checkpoint["env_steps"]), "agent": agent,
                                "networks": networks, "model_state": networks["model"], "real_rows": real}
             except (KeyError, TypeError):

@@ -3,7 +3,6 @@ learned model (``ModelEnv``), from start states drawn from real data. Everything
 device, from the model's sample to D_model."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Protocol
 
 import torch
@@ -79,7 +78,7 @@ class RolloutUncertainty:
         self.rule = mbpo_cfg.rollout_uncertainty
         self.keep_rate, self.penalty = mbpo_cfg.m2ac_keep_rate, mbpo_cfg.uncertainty_penalty
         self.quantile, self.scale = mbpo_cfg.macura_quantile, mbpo_cfg.macura_scale
-        self.batches, self.threshold = 0, math.nan  # macura's running threshold
+        self.batches, self.threshold = 0, None  # macura's running threshold (None: no batch yet)
 
     def keep(self, uncertainty: torch.Tensor, step: int, k: int, num_start: int) -> torch.Tensor:
         """[B] bool: the rows of step ``step`` (from 0) of a ``k``-step batch of ``num_start``
@@ -96,10 +95,12 @@ class RolloutUncertainty:
             self.threshold = border if self.batches == 0 else (
                 (border + self.batches * self.threshold) / (self.batches + 1))
             self.batches += 1
+        if self.threshold is None:  # no finite uncertainty seen yet: nothing to trust
+            return torch.zeros_like(uncertainty, dtype=torch.bool)
         return uncertainty < self.threshold
 
     def metrics(self) -> Dict[str, float]:
-        return {"rollout/uncertainty_threshold": self.threshold} if self.rule == "macura" else {}
+        return {"rollout/uncertainty_threshold": self.threshold} if self.threshold is not None else {}
 
     def state_dict(self) -> Dict[str, Any]:
         return {"batches": self.batches, "threshold": self.threshold}

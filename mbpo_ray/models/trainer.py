@@ -199,15 +199,17 @@ class EnsembleTrainer:
             holdout_mse = self.member_mse(run.holdout_in, run.holdout_tg)
         else:
             model.elite_idx.copy_(torch.argsort(holdout_mse)[: model.num_elites])
-        # the elites' error per dimension over that dimension's variance, averaged: a scale-free
-        # error that compares fits with and without model.normalize_targets
+        # the elites' error per dimension over that dimension's variance, averaged over the
+        # dimensions that vary on the holdout: a scale-free error that compares fits with and
+        # without model.normalize_targets
         member_errors = self.member_errors(run.holdout_in, run.holdout_tg)
         errors = member_errors[model.elite_idx].mean(dim=0)
-        variance = run.holdout_tg.var(dim=0, unbiased=False).clamp_min(1e-12)
+        variance = run.holdout_tg.var(dim=0, unbiased=False)
+        varies = variance > 1e-10
         return {
             "model/train_loss": run.train_loss,
             "model/holdout_mse": float(errors.mean()),
-            "model/holdout_nmse": float((errors / variance).mean()),
+            "model/holdout_nmse": float((errors[varies] / variance[varies]).mean()) if bool(varies.any()) else 0.0,
             "model/holdout_mse_all": float(member_errors.mean()),
             "model/epochs": run.epoch,
             "model/num_train": run.n_train,

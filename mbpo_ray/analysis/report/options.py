@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from mbpo_ray.errors import RunDirError
 
-X_AXES = ("env_steps", "learning_steps")
+X_AXES = ("env_steps", "learning_steps", "wall_seconds")
 MIN_REPS = 100  # below this the 2.5 % and 97.5 % quantiles rest on one or two replicates
 
 
@@ -45,7 +45,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                                       "when one DIR is given; an existing report there is replaced)")
     parser.add_argument("--x", dest="x_axis", default="env_steps", choices=X_AXES,
                         help="x axis of curves, thresholds and ratios: env_steps (warm-up included, "
-                             "default) or learning_steps (after the random warm-up, the MBPO paper's axis)")
+                             "default), learning_steps (after the random warm-up, the MBPO paper's axis) or "
+                             "wall_seconds (the run's wall-clock seconds, from perf/wall_seconds: the compute axis)")
     parser.add_argument("--final-window", type=int, default=3, metavar="N",
                         help="final score = mean eval/return_mean of a run's last N records (default 3)")
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replicates (default 10000)")

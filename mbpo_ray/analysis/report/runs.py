@@ -23,7 +23,9 @@ RETURN_KEY = "eval/return_mean"
 AXIS_LABELS = {
     "env_steps": "env steps (uniform-random warm-up included)",
     "learning_steps": "learning steps (env steps after the random warm-up: the MBPO paper's axis)",
+    "wall_seconds": "wall-clock seconds of the run (its processes' time, summed over resumes; a packed trial's for all its seeds)",
 }
+WALL_KEY = "perf/wall_seconds"
 # Config fields that change where or how fast a run goes, not what it computes: runs of one group
 # may differ in these without a note (the seed is what a group averages over).
 NON_EXPERIMENT_FIELDS = ("seed", "device", "torch_threads", "checkpoint_every_epochs", "keep_checkpoints_every",
@@ -161,17 +163,30 @@ def load_run(path: Path) -> Run:
 def _curve(run: Run, x_axis: str) -> Tuple[np.ndarray, np.ndarray]:
     """The run's evaluations against the chosen axis; of several records at one x (the warm-up's
     records all have learning_steps 0) the last one stands."""
-    points: Dict[int, float] = {}
+    points: Dict[float, float] = {}
+    wall_offset, last_wall = 0.0, 0.0
     for record in run.records:
         if RETURN_KEY not in record:
             continue
-        x = record.get(x_axis)
-        if not isinstance(x, int) or isinstance(x, bool) or x < 0:
-            raise ReportError(f"{run.path / 'metrics.jsonl'}: a record at env_steps {record['env_steps']} has no "
-                              f"{x_axis} (records written before that key existed); use --x env_steps")
-        points[x] = float(record[RETURN_KEY])
-    xs = np.array(sorted(points), dtype=float)
-    return xs, np.array([points[int(x)] for x in xs], dtype=float)
+        if x_axis == "wall_seconds":
+            wall = record.get(WALL_KEY)
+            if not _finite_number(wall) or wall < 0:
+                raise ReportError(f"{run.path / 'metrics.jsonl'}: a record at env_steps {record['env_steps']} has no "
+                                  f"{WALL_KEY} (records written before that key existed); use --x env_steps")
+            # each process of a run counts its wall time from its own start: a resumed run's
+            # seconds go on from the last record before the resume
+            if wall < last_wall:
+                wall_offset += last_wall
+            last_wall = wall
+            x: Any = wall_offset + wall
+        else:
+            x = record.get(x_axis)
+            if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+                raise ReportError(f"{run.path / 'metrics.jsonl'}: a record at env_steps {record['env_steps']} has no "
+                                  f"{x_axis} (records written before that key existed); use --x env_steps")
+        points[float(x)] = float(record[RETURN_KEY])
+    xs = sorted(points)
+    return np.array(xs, dtype=float), np.array([points[x] for x in xs], dtype=float)
 
 
 def prepare_run(run: Run, options: ReportOptions) -> None:
