@@ -3,6 +3,7 @@ and the report itself on small synthetic run directories (no training)."""
 from __future__ import annotations
 
 import base64
+import json
 import math
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 from mbpo_ray.analysis import stats
+from mbpo_ray.analysis.report.options import ReportOptions
+from mbpo_ray.analysis.report.runs import load_run, prepare_run
 from mbpo_ray.cli import main
 from mbpo_ray.config import make_config
 from mbpo_ray.run_dir import RunDirectory
@@ -506,3 +509,31 @@ def test_aggregates_weigh_each_env_the_same_when_seed_counts_differ():
     # replicate 2: sorted 0 (1/6), 0 (1/6), 2 (1/2), 3 (1/6): the middle half is 1/12 of the
     # second 0 and 5/12 of the 2
     assert got[1] == pytest.approx((5 / 12 * 2) / 0.5)
+
+
+def test_wall_seconds_axis_sums_a_resumed_runs_processes(study, tmp_path, capsys):
+    """--x wall_seconds (the compute axis): perf/wall_seconds counts from each process's start, so
+    a resumed run's seconds go on from its last record before the resume; a run without the key
+    is refused, naming its file."""
+    runs = []
+    for seed, walls in ((0, [10.0, 20.0, 5.0, 15.0]), (1, [12.0, 24.0, 36.0, 48.0])):  # seed 0 resumed after 500
+        path = write_run(tmp_path / "wall" / f"s{seed}", "InvertedPendulum-v5", "mbpo", seed, [100, 500, 900, 1000])
+        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+        (path / "metrics.jsonl").write_text("".join(
+            json.dumps({**r, "perf/wall_seconds": w}) + "\n" for r, w in zip(records, walls)))
+        runs.append(path)
+    options = ReportOptions(dirs=[tmp_path / "wall"], out=tmp_path / "out", x_axis="wall_seconds")
+    loaded = [load_run(p) for p in runs]
+    for run in loaded:
+        prepare_run(run, options)
+    assert loaded[0].x.tolist() == [10.0, 20.0, 25.0, 35.0] and loaded[1].x.tolist() == [12.0, 24.0, 36.0, 48.0]
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "wall"), "--out", str(out), "--reps", "200", "--x", "wall_seconds",
+                 *REFERENCE_ARGS]) == 0
+    html = parse_report(out)
+    assert any("against wall_seconds" in img["alt"] for img in html.images)
+    write_run(tmp_path / "wall" / "old", "InvertedPendulum-v5", "mbpo", 7, [1, 2, 3, 4])
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "wall"), "--out", str(tmp_path / "r2"), "--x", "wall_seconds"]) == 2
+    err = capsys.readouterr().err
+    assert "has no perf/wall_seconds" in err and str(tmp_path / "wall" / "old" / "metrics.jsonl") in err
