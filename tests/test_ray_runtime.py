@@ -95,6 +95,30 @@ def test_sync_schedule_matches_local_runtime_through_killed_actors(ray_config, t
         assert all(r[key] == 0 for r in fitted), key
 
 
+def test_the_options_whose_state_its_roles_hold_run_on_the_ray_runtime(ray_config, tmp_path, ray_cluster,
+                                                                        single_thread):
+    """MBPO+ on the Ray runtime (docs/mbpo_plus.md#where-each-option-runs): m2ac in the rollout
+    workers, LayerNorms and REDQ in the learner (and the LayerNorm policy in the workers and
+    collectors), scale-aware targets in the model trainer."""
+    cfg = ray_config(**{"total_steps": 400, "mbpo.rollout_uncertainty": "m2ac", "mbpo.rollout_schedule": [0, 1, 3, 3],
+                        "sac.critic_layer_norm": True, "sac.policy_layer_norm": True, "sac.num_critics": 4,
+                        "sac.critic_subset": 2, "model.normalize_targets": True})
+    result = train(cfg, str(tmp_path / "run"), progress=False)
+    run = RunDirectory(tmp_path / "run")
+    assert result.completed
+    last = run.read_metrics()[-1]
+    # k = 3, two workers with 500 start states each: step h keeps at most floor(500 (3 - h) / 8) per
+    # worker (fewer where the termination rule ended rollouts before)
+    assert last["rollout/k"] == 3 and 2 * (187 + 125) / 1000 < last["rollout/mean_length"] <= 2 * (187 + 125 + 62) / 1000
+    # the rule ended every rollout but the 2 x 62 kept at the last step, less those the termination
+    # rule had ended before
+    ended = 1 - 2 * 62 / 1000
+    assert ended - last["rollout/ended_terminated"] <= last["rollout/ended_by_uncertainty"] <= ended
+    state = run.load_checkpoint()["algorithm"]["runtime"]
+    assert state["learner"]["agent"]["module"]["q.weights.0"].shape[0] == 4
+    assert float(state["model_trainer"]["weights"]["model"]["target_std"].max()) != 1.0  # the fit's normaliser
+
+
 def test_redone_call_does_not_store_its_rows_twice(ray_config, tmp_path, ray_cluster, single_thread):
     # A collector or rollout worker can die after the buffer actor stored its rows and before
     # the driver saw the reply; the driver then redoes the call under the same ticket.
