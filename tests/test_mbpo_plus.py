@@ -5,6 +5,7 @@ every option in tests/test_resume_matrix.py (cases mbpo-plus-local, mbpo-m2ac-lo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,3 +274,14 @@ def test_config_show_lists_each_option(capsys):
                  "model.normalize_targets: true", "mbpo.agent_reset_every: 50000", "sac.critic_layer_norm: false",
                  "mbpo.model_reset_every: 0", "mbpo.macura_quantile: 95.0", "mbpo.m2ac_keep_rate: 0.5"):
         assert line in out, line
+
+
+def test_the_mad_td_preset_is_a_config_file_on_top_of_any_env(capsys):
+    repo = Path(__file__).resolve().parents[1]
+    assert main(["config", "show", "--env", "Walker2d-v5", "--config", str(repo / "configs/mad_td.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "env_id: Walker2d-v5" in out and "label: mad_td" in out and "mbpo.real_ratio: 0.95" in out
+    assert "mbpo.updates_per_step: 20" in out  # the env preset's G stays
+    cfg = make_config("Walker2d-v5", {"mbpo.real_ratio": 0.95, "mbpo.rollout_schedule": [0, 1, 1, 1]})
+    validate(cfg)
+    assert cfg.mbpo.rollout_schedule == (0, 1, 1, 1)

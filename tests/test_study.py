@@ -50,7 +50,8 @@ def no_sweep(monkeypatch):
 
 
 def test_shipped_studies_are_listed():
-    assert {p.name for p in SHIPPED} >= {"smoke.yaml", "mujoco_paper.yaml", "ablations.yaml", "hparam_search.yaml"}
+    assert {p.name for p in SHIPPED} >= {"smoke.yaml", "mujoco_paper.yaml", "ablations.yaml", "hparam_search.yaml",
+                                         "mbpo_plus.yaml", "mbpo_plus_small.yaml"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
