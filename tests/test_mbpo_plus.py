@@ -285,3 +285,24 @@ def test_the_mad_td_preset_is_a_config_file_on_top_of_any_env(capsys):
     cfg = make_config("Walker2d-v5", {"mbpo.real_ratio": 0.95, "mbpo.rollout_schedule": [0, 1, 1, 1]})
     validate(cfg)
     assert cfg.mbpo.rollout_schedule == (0, 1, 1, 1)
+
+
+def test_pets_takes_scale_aware_targets_and_steve_the_layer_norms(tmp_path):
+    """The options beyond mbpo and sac (docs/mbpo_plus.md#where-each-option-runs): PETS plans with
+    an ensemble fit to standardised targets (its predictions in env units), STEVE's autograd
+    learner trains LayerNorm critics and policy."""
+    pets = make_config("InvertedPendulum-v5", {
+        "algo": "pets", "total_steps": 200, "seed": 3, "device": "cpu", "mbpo.epoch_length": 100,
+        "model.hidden_width": 32, "model.max_fit_epochs": 5, "pets.horizon": 5, "pets.population": 20,
+        "pets.num_elites": 4, "pets.iterations": 2, "pets.num_particles": 4, "pets.random_episodes": 2,
+        "model.normalize_targets": True})
+    steve = make_config("InvertedPendulum-v5", {
+        "algo": "steve", "total_steps": 200, "seed": 3, "device": "cpu", "eval_episodes": 2,
+        "mbpo.epoch_length": 100, "mbpo.init_random_steps": 100, "mbpo.updates_per_step": 2,
+        "sac.hidden_width": 32, "sac.batch_size": 64, "steve.horizon": 2, "steve.model_hidden_width": 32,
+        "steve.model_num_hidden_layers": 2, "sac.critic_layer_norm": True, "sac.policy_layer_norm": True})
+    for name, cfg in (("pets", pets), ("steve", steve)):
+        assert train(cfg, str(tmp_path / name), progress=False).completed
+        last = RunDirectory(tmp_path / name).read_metrics()[-1]
+        assert math.isfinite(last["eval/return_mean"]), name
+    assert math.isfinite(RunDirectory(tmp_path / "pets").read_metrics()[-1]["model/holdout_nmse"])
