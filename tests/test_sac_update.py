@@ -129,14 +129,19 @@ def test_one_update_equals_the_autograd_update():
     assert not torch.equal(fresh.q.weights[0], agent.q.weights[0])  # it did train
 
 
-def test_bf16_autocast_gradients_follow_autograd_under_autocast():
+@pytest.mark.parametrize("options", [{}, {"critic_layer_norm": True, "policy_layer_norm": True},
+                                     {"num_critics": 5, "critic_subset": 2}])
+def test_bf16_autocast_gradients_follow_autograd_under_autocast(options):
     """precision: bf16 runs the matmuls of both forms in bfloat16: their gradients agree to bf16's
-    resolution (2^-8 relative), far from float32's (the check would also pass for float32)."""
-    agent = make_agent()
+    resolution (2^-8 relative), far from float32's (the check would also pass for float32); also
+    with the MBPO+ LayerNorms (computed in float32 in both) and REDQ."""
+    agent = make_agent(**options)
     batch, noise = random_batch(agent, n=64)
+    torch.manual_seed(0)
+    subset = agent.draw_subset()
     with autocast(CPU, "bf16"):
-        want, _ = autograd_gradients(agent, batch, noise)
-        got, metrics = written_out(agent, batch, noise)
+        want, _ = autograd_gradients(agent, batch, noise, subset)
+        got, metrics = written_out(agent, batch, noise, subset)
     assert metrics.dtype == torch.float32 and all(g.dtype == torch.float32 for g in got.values())
     for name in want:
         assert close(got[name], want[name], rtol=3e-2), (name, (got[name] - want[name]).abs().max())
