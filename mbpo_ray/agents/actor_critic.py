@@ -49,7 +49,6 @@ def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int, layer_norm: bool =
 class TanhGaussianPolicy(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, layer_norm: bool = False):
         super().__init__()
-        self.layer_norm = layer_norm
         self.net = _mlp(obs_dim, hidden, layers, 2 * act_dim, layer_norm)
 
     @classmethod
