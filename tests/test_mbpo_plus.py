@@ -260,9 +260,13 @@ def test_options_are_refused_where_they_make_no_sense(overrides, words):
 
 
 def test_the_ray_runtime_takes_the_options_whose_state_its_roles_hold():
-    validate(make_config("Hopper-v5", {"runtime": "ray", "mbpo.rollout_uncertainty": "m2ac",
-                                       "sac.critic_layer_norm": True, "sac.num_critics": 10, "sac.critic_subset": 2,
-                                       "model.normalize_targets": True}))
+    taken = {"runtime": "ray", "mbpo.rollout_uncertainty": "m2ac", "sac.critic_layer_norm": True,
+             "sac.num_critics": 10, "sac.critic_subset": 2, "model.normalize_targets": True}
+    cfg = make_config("Hopper-v5", taken)
+    assert validate(cfg) is None and cfg.runtime == "ray" and cfg.sac.num_critics == 10
+    # the same config with macura instead of m2ac is refused: the check does look at the rule
+    with pytest.raises(ConfigError, match="none or m2ac with runtime ray"):
+        validate(make_config("Hopper-v5", {**taken, "mbpo.rollout_uncertainty": "macura"}))
 
 
 def test_config_show_lists_each_option(capsys):
