@@ -4,13 +4,14 @@
 
 Measures, for float32 and for bfloat16 (bf16 under the autocast that ``precision: bf16`` uses):
 
-* matmul throughput, GFLOP/s: a 256x256x256 matmul, and the dynamics ensemble's hidden layer as
-  one batched matmul (7 members x 256 rows x 200 x 200, the Hopper preset's width);
+* matmul throughput, GFLOP/s: a 256x256x256 matmul (torch's, and in float32 also oneDNN's where
+  the update uses it: mbpo_ray.matmul), and the dynamics ensemble's hidden layer as one batched
+  matmul (7 members x 256 rows x 200 x 200, the Hopper preset's width);
 * the SAC update (Hopper-v5 sizes: obs 11, action 3, 2x256 policy and twin Q, batch 256), ms,
   as the learner runs it (written out, mbpo_ray.agents.sac_update) and through autograd (the
   reference form of the tests, tests/sac_reference.py), in alternating rounds;
 * its matmul floor: the update's matmul FLOPs (forward and backward, counted by
-  ``torch.utils.flop_counter``) divided by the better of the two rates above, i.e. the time the
+  ``torch.utils.flop_counter``) divided by the best of the rates above, i.e. the time the
   update would take if it were nothing but matmuls at the best rate measured at these sizes;
   ``update_over_floor`` is the measured update time over that floor.
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from mbpo_ray.agents.sac import SAC  # noqa: E402
 from mbpo_ray.config import SACConfig  # noqa: E402
+from mbpo_ray.matmul import bmm as onednn_bmm, uses_onednn  # noqa: E402
 from mbpo_ray.precision import autocast, bf16_units  # noqa: E402
 from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
 
@@ -77,6 +79,11 @@ def matmul_rates(repeats: int) -> dict:
         layer = best_seconds(lambda: torch.baddbmm(bias, x, w), repeats, 100)
         out[precision] = {"mm_256_gflops": 2 * 256 ** 3 / mm / 1e9,
                           "ensemble_layer_gflops": 2 * 7 * 256 * 200 * 200 / layer / 1e9}
+        if precision == "float32" and uses_onednn(a.unsqueeze(0), b.unsqueeze(0)):
+            # the float32 kernel the update's matmuls take here (mbpo_ray.matmul): the floor is
+            # at the best rate any kernel reaches on this machine
+            one = best_seconds(lambda: onednn_bmm(a.unsqueeze(0), b.unsqueeze(0)), repeats, 200)
+            out[precision]["mm_256_onednn_gflops"] = 2 * 256 ** 3 / one / 1e9
     return out
 
 

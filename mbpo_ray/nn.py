@@ -12,6 +12,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from mbpo_ray.matmul import baddbmm
+
 
 # The LayerNorm's epsilon (torch.nn.LayerNorm's default); the written-out SAC update uses it too.
 LAYER_NORM_EPS = 1e-5
@@ -82,7 +84,7 @@ class StackedMLP(nn.Module):
                 w, b = w.detach(), b.detach()
             if seeds:
                 w, b = w.flatten(0, len(seeds)), b.flatten(0, len(seeds))
-            x = torch.baddbmm(b, x, w)
+            x = baddbmm(b, x, w)
             if i < last:
                 x = self._hidden(x)
         if seeds:
@@ -93,7 +95,7 @@ class StackedMLP(nn.Module):
         """x: [B, in] through one member only -> [B, out]."""
         last = self.num_layers - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.addmm(b[member], x, w[member])
+            x = baddbmm(b[member].unsqueeze(0), x.unsqueeze(0), w[member].unsqueeze(0))[0]
             if i < last:
                 x = self._hidden(x)
         return full_precision(x)

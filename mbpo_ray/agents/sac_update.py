@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from mbpo_ray.agents.actor_critic import LOG_STD_MAX, LOG_STD_MIN
+from mbpo_ray.matmul import baddbmm, bmm
 from mbpo_ray.nn import LAYER_NORM_EPS, full_precision
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -69,7 +70,7 @@ def _policy_forward(ws: List[torch.Tensor], bs: List[torch.Tensor], x: torch.Ten
     outs = []
     last = len(ws) - 1
     for i, (w, b) in enumerate(zip(ws, bs)):
-        x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        x = baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
         x = full_precision(x) if i == last else _hidden(x, layer_norm, norms)
         outs.append(x)
     return outs
@@ -82,7 +83,7 @@ def _critic_forward(ws: List[torch.Tensor], bs: List[torch.Tensor], x: torch.Ten
     outs = []
     last = len(ws) - 1
     for i, (w, b) in enumerate(zip(ws, bs)):
-        x = torch.baddbmm(b, x, w)
+        x = baddbmm(b, x, w)
         x = full_precision(x) if i == last else _hidden(x, layer_norm, norms if norms is not None else [])
         outs.append(x)
     return outs
@@ -131,7 +132,7 @@ def _sample(out: torch.Tensor, noise: torch.Tensor, act_dim: int):
 def _weight_grads(d_out: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The gradients of ``y = x @ w + b`` (critic layout, w [N, in, out]) from d_out [N, R, out]
     and the layer's input x [N, R, in]: dW [N, in, out] and db [N, 1, out], in float32."""
-    grad_w = full_precision(torch.bmm(x.transpose(1, 2), d_out))
+    grad_w = full_precision(bmm(x.transpose(1, 2), d_out))
     return grad_w, d_out.sum(1, keepdim=True, dtype=torch.float32)
 
 
@@ -213,11 +214,11 @@ def sac_gradients(params: Mapping[str, torch.Tensor], target: Mapping[str, torch
             # through W [N, in, out]: an outer product for the one-unit output layer (a bmm with
             # an inner dimension of 1 is far slower than the broadcast multiply)
             w_t = q_w[i].transpose(1, 2)
-            d_in = d_out * w_t if d_out.shape[-1] == 1 else torch.bmm(d_out, w_t)
+            d_in = d_out * w_t if d_out.shape[-1] == 1 else bmm(d_out, w_t)
             d_out = _hidden_backward(d_in, q_outs[i - 1], q_norms[i - 1] if critic_layer_norm else None)
         else:  # into a~ only: the critic's input's action columns, summed over the members
             obs_dim = obs.shape[-1]
-            d_new_act = torch.bmm(d_out[:, batch:], q_w[0][:, obs_dim:].transpose(1, 2))
+            d_new_act = bmm(d_out[:, batch:], q_w[0][:, obs_dim:].transpose(1, 2))
             d_new_act = full_precision(d_new_act).view(seeds, members, batch, act_dim).sum(1)
 
     # --- backward: the policy (policy loss through log pi and a~; on rows :B only)
@@ -230,11 +231,11 @@ def sac_gradients(params: Mapping[str, torch.Tensor], target: Mapping[str, torch
     pi_ins = [pi_in, *pi_outs[:-1]]
     for i in reversed(range(num_pi)):
         x = pi_ins[i][:, :batch]
-        grads[f"policy.net.{2 * i}.weight"] = full_precision(torch.bmm(d_out.transpose(1, 2), x))
+        grads[f"policy.net.{2 * i}.weight"] = full_precision(bmm(d_out.transpose(1, 2), x))
         grads[f"policy.net.{2 * i}.bias"] = d_out.sum(1, dtype=torch.float32)
         if i > 0:
             norm = (pi_norms[i - 1][0][:, :batch], pi_norms[i - 1][1][:, :batch]) if policy_layer_norm else None
-            d_out = _hidden_backward(torch.bmm(d_out, pi_w[i]), pi_outs[i - 1][:, :batch], norm)
+            d_out = _hidden_backward(bmm(d_out, pi_w[i]), pi_outs[i - 1][:, :batch], norm)
 
     grads["log_alpha"] = -(logp + target_entropy.unsqueeze(1)).mean(-1)
     return grads, metrics
