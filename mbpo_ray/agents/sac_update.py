@@ -17,7 +17,8 @@ they are before the step:
 Why by hand: at SAC's sizes (batch 256, 2x256 MLPs) autograd's per-op bookkeeping costs more
 than the matmuls (benchmarks/precision.py). Here the policy runs once on s and s' stacked (one
 matmul per layer), the twin critic once on (s, a) and (s, a~) stacked (one batched matmul per
-layer for both members), and the backward pass reuses the forward's activations.
+layer for both members), and the backward pass reuses the forward's activations. The batched
+matmuls are ``mbpo_ray.matmul``'s (oneDNN's float32 kernel on a CPU).
 
 Every tensor has a leading seed dimension S (1 for a single learner): policy weights
 [S, out, in] (nn.Linear's layout), critic weights [S, E, in, out] and biases [S, E, 1, out]
