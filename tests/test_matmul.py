@@ -74,3 +74,30 @@ def test_stacked_mlp_fit_step_equals_torch_kernels(monkeypatch):
     torch.testing.assert_close(loss_fast, loss_torch, atol=1e-6, rtol=1e-5)
     for got, want in zip(grads_fast, grads_torch):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_sac_update_and_ensemble_fit_take_the_onednn_kernel(monkeypatch):
+    """The learner's update and a fit step run their wide products on oneDNN (a change that
+    bypassed mbpo_ray.matmul would fall back to MKL silently)."""
+    from mbpo_ray.agents.sac import SAC
+    from mbpo_ray.config import SACConfig
+
+    calls = []
+    original = matmul._onednn_baddbmm
+
+    def counted(bias, a, b):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return original(bias, a, b)
+
+    monkeypatch.setattr(matmul, "_onednn_baddbmm", counted)
+    torch.manual_seed(0)
+    agent = SAC(11, 3, SACConfig(), torch.device("cpu"))
+    agent.update(torch.randn(256, 11), torch.rand(256, 3) * 2 - 1, torch.randn(256), torch.randn(256, 11),
+                 torch.zeros(256))
+    # the 256-unit layers' products: policy, target and online critics forward, their backward
+    wide = [c for c in calls if c[0][-1] == 256 and c[1][-1] == 256]
+    assert len(wide) >= 6, calls
+    calls.clear()
+    net = StackedMLP(7, 14, [200] * 2, 24, "silu")
+    net(torch.randn(7, 32, 14)).sum().backward()
+    assert len(calls) == 3 + 3 + 2  # forward 3 layers; weight gradients 3; input gradients 2
