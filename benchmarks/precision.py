@@ -4,8 +4,8 @@
 
 Measures, for float32 and for bfloat16 (bf16 under the autocast that ``precision: bf16`` uses):
 
-* matmul throughput, GFLOP/s: a 256x256x256 matmul (torch's, and in float32 also oneDNN's where
-  the update uses it: mbpo_ray.matmul), and the dynamics ensemble's hidden layer as one batched
+* matmul throughput, GFLOP/s: a 256x256x256 matmul (torch's, and in float32 also oneDNN's, which
+  mbpo_ray.matmul takes with one intra-op thread), and the dynamics ensemble's hidden layer as one batched
   matmul (7 members x 256 rows x 200 x 200, the Hopper preset's width);
 * the SAC update (Hopper-v5 sizes: obs 11, action 3, 2x256 policy and twin Q, batch 256), ms,
   as the learner runs it (written out, mbpo_ray.agents.sac_update) and through autograd (the
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from mbpo_ray.agents.sac import SAC  # noqa: E402
 from mbpo_ray.config import SACConfig  # noqa: E402
-from mbpo_ray.matmul import bmm as onednn_bmm, uses_onednn  # noqa: E402
+from mbpo_ray import matmul  # noqa: E402
 from mbpo_ray.precision import autocast, bf16_units  # noqa: E402
 from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
 
@@ -79,10 +79,10 @@ def matmul_rates(repeats: int) -> dict:
         layer = best_seconds(lambda: torch.baddbmm(bias, x, w), repeats, 100)
         out[precision] = {"mm_256_gflops": 2 * 256 ** 3 / mm / 1e9,
                           "ensemble_layer_gflops": 2 * 7 * 256 * 200 * 200 / layer / 1e9}
-        if precision == "float32" and uses_onednn(a.unsqueeze(0), b.unsqueeze(0)):
-            # the float32 kernel the update's matmuls take here (mbpo_ray.matmul): the floor is
-            # at the best rate any kernel reaches on this machine
-            one = best_seconds(lambda: onednn_bmm(a.unsqueeze(0), b.unsqueeze(0)), repeats, 200)
+        if precision == "float32" and matmul.ONEDNN and DEVICE.type == "cpu":
+            # oneDNN's float32 kernel (mbpo_ray.matmul takes it with one intra-op thread), at any
+            # thread count: the floor is at the best rate any kernel reaches on this machine
+            one = best_seconds(lambda: matmul._onednn_baddbmm(None, a.unsqueeze(0), b.unsqueeze(0)), repeats, 200)
             out[precision]["mm_256_onednn_gflops"] = 2 * 256 ** 3 / one / 1e9
     return out
 
@@ -122,8 +122,10 @@ def sac_update(repeats: int, rates: dict) -> dict:
             for variant in VARIANTS:
                 rounds[variant].append(best_seconds(lambda: step(variant), 1, 100))
         counter = FlopCounterMode(display=False)
+        oned, matmul.ONEDNN = matmul.ONEDNN, False  # the counter sees aten's matmuls, not oneDNN's
         with counter:
             step("autograd")
+        matmul.ONEDNN = oned
         flops = counter.get_total_flops()
         floor = flops / (max(rates[precision].values()) * 1e9)
         out[precision] = {"matmul_flops": flops, "matmul_floor_ms": floor * 1e3}

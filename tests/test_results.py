@@ -14,6 +14,25 @@ def named_files(text: str):
             yield name.removeprefix("benchmarks/results/")
 
 
+def named_folders(text: str):
+    """The folders under benchmarks/results that RESULTS.md names (`mbpo_plus/study/runs/`); not
+    the other folders it mentions (`benchmarks/`, a user's `runs/...`)."""
+    for name in re.findall(r"`([^`\s]+/)`", text):
+        name = name.removeprefix("benchmarks/results/")
+        if not PLACEHOLDER.search(name) and (RESULTS / name.split("/")[0]).is_dir():
+            yield name
+
+
+def test_every_result_folder_named_in_results_md_holds_files():
+    """A folder RESULTS.md points to (`mbpo_plus/study/runs/`) exists, with files in it (in CI's
+    clean clone: committed ones; an ignored folder would be missing there)."""
+    text = (RESULTS / "RESULTS.md").read_text()
+    names = sorted(set(named_folders(text)))
+    assert len(names) > 3
+    empty = [n for n in names if not any(p.is_file() for p in (RESULTS / n).rglob("*"))]
+    assert empty == []
+
+
 def test_every_result_file_named_in_results_md_is_committed():
     text = (RESULTS / "RESULTS.md").read_text()
     names = sorted(set(named_files(text)))
