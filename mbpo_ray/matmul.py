@@ -5,10 +5,10 @@ torch's float32 ``bmm``/``baddbmm`` on a CPU call MKL's sgemm, which on an AMD E
 (a Zen 5, one core) ran at 93 GFLOP/s, the rate of AVX2 code, against 207 GFLOP/s for oneDNN's
 kernel at the same 512x256x256 product (MKL picks its code by vendor). oneDNN, which torch also
 ships (its bf16 matmuls and inductor's linear layers use it), picks its kernels by the CPU's
-instruction sets. So on a CPU, in float32, outside autocast and compilation, with one intra-op
-thread, ``bmm`` and ``baddbmm`` here run one oneDNN linear per batch member (inside an autograd
+instruction sets. So on a CPU, in float32, outside autocast and compilation, ``bmm`` and
+``baddbmm`` here run one oneDNN linear per batch member (inside an autograd
 graph too: their gradients take the same kernel); everywhere else (CUDA, bf16 autocast,
-``torch.compile``, a torch without oneDNN, more intra-op threads, products narrower than 4 where
+``torch.compile``, a torch without oneDNN, products narrower than 4 where
 the call overhead dominates) they are torch's own, but for one-column products, which run as
 matrix-vector products (``baddbmm``). Both compute the same float32 products; only the order of
 the sums differs (float32 rounding). Users: the written-out SAC update
@@ -39,12 +39,8 @@ def _plain_cpu_float32(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def uses_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``bmm(a, b)`` takes oneDNN's float32 kernel (module docstring): only where torch runs
-    one intra-op thread (``torch_threads: 1``, a study trial or Ray actor with one CPU); with
-    more, MKL's batched sgemm spreads the members over the threads and was as fast for the SAC
-    update and faster for the ensemble's fit (docs/precision.md#float32-matmul-kernels)."""
-    return (ONEDNN and min(a.shape[-1], b.shape[-1]) >= _MIN_WIDTH and torch.get_num_threads() == 1
-            and _plain_cpu_float32(a, b))
+    """Whether ``bmm(a, b)`` takes oneDNN's float32 kernel (module docstring)."""
+    return ONEDNN and min(a.shape[-1], b.shape[-1]) >= _MIN_WIDTH and _plain_cpu_float32(a, b)
 
 
 def _onednn_baddbmm(bias: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
