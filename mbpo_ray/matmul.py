@@ -2,8 +2,9 @@
 docs/precision.md#float32-matmul-kernels).
 
 torch's float32 ``bmm``/``baddbmm`` on a CPU call MKL's sgemm, which on an AMD EPYC with AVX-512
-(a Zen 5, one core) ran at 93 GFLOP/s, the rate of AVX2 code, against 207 GFLOP/s for oneDNN's
-kernel at the same 512x256x256 product (MKL picks its code by vendor). oneDNN, which torch also
+(Zen 5) ran a 256x256x256 product at 93 GFLOP/s on one core, the rate of AVX2 code, against 160
+GFLOP/s for oneDNN's kernel (MKL picks its code by vendor; benchmarks/results/RESULTS.md, "Issue
+25 on an AMD EPYC with Zen 5 cores"). oneDNN, which torch also
 ships (its bf16 matmuls and inductor's linear layers use it), picks its kernels by the CPU's
 instruction sets. So on a CPU, in float32, outside autocast and compilation, ``bmm`` and
 ``baddbmm`` here run one oneDNN linear per batch member (inside an autograd
