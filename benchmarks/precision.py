@@ -4,9 +4,9 @@
 
 Measures, for float32 and for bfloat16 (bf16 under the autocast that ``precision: bf16`` uses):
 
-* matmul throughput, GFLOP/s: a 256x256x256 matmul (torch's, and in float32 also oneDNN's, which
-  mbpo_ray.matmul takes with one intra-op thread), and the dynamics ensemble's hidden layer as one batched
-  matmul (7 members x 256 rows x 200 x 200, the Hopper preset's width);
+* matmul throughput, GFLOP/s: a 256x256x256 matmul (torch's, and in float32 on a CPU also
+  oneDNN's, the kernel mbpo_ray.matmul takes), and the dynamics ensemble's hidden layer as one
+  batched matmul (7 members x 256 rows x 200 x 200, the Hopper preset's width);
 * the SAC update (Hopper-v5 sizes: obs 11, action 3, 2x256 policy and twin Q, batch 256), ms,
   as the learner runs it (written out, mbpo_ray.agents.sac_update) and through autograd (the
   reference form of the tests, tests/sac_reference.py), in alternating rounds;
@@ -80,8 +80,8 @@ def matmul_rates(repeats: int) -> dict:
         out[precision] = {"mm_256_gflops": 2 * 256 ** 3 / mm / 1e9,
                           "ensemble_layer_gflops": 2 * 7 * 256 * 200 * 200 / layer / 1e9}
         if precision == "float32" and matmul.ONEDNN and DEVICE.type == "cpu":
-            # oneDNN's float32 kernel (mbpo_ray.matmul takes it with one intra-op thread), at any
-            # thread count: the floor is at the best rate any kernel reaches on this machine
+            # oneDNN's float32 kernel (mbpo_ray.matmul's): the floor is at the best rate any
+            # kernel reaches on this machine
             one = best_seconds(lambda: matmul._onednn_baddbmm(None, a.unsqueeze(0), b.unsqueeze(0)), repeats, 200)
             out[precision]["mm_256_onednn_gflops"] = 2 * 256 ** 3 / one / 1e9
     return out
@@ -123,9 +123,11 @@ def sac_update(repeats: int, rates: dict) -> dict:
                 rounds[variant].append(best_seconds(lambda: step(variant), 1, 100))
         counter = FlopCounterMode(display=False)
         oned, matmul.ONEDNN = matmul.ONEDNN, False  # the counter sees aten's matmuls, not oneDNN's
-        with counter:
-            step("autograd")
-        matmul.ONEDNN = oned
+        try:
+            with counter:
+                step("autograd")
+        finally:
+            matmul.ONEDNN = oned
         flops = counter.get_total_flops()
         floor = flops / (max(rates[precision].values()) * 1e9)
         out[precision] = {"matmul_flops": flops, "matmul_floor_ms": floor * 1e3}

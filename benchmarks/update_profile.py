@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from mbpo_ray.models.ensemble import ProbabilisticEnsemble  # noqa: E402
 from mbpo_ray.models.trainer import EnsembleTrainer  # noqa: E402
 from mbpo_ray.precision import autocast  # noqa: E402
 from machine import machine_stamp, write_results  # noqa: E402  (benchmarks/machine.py)
-from precision import matmul_rates  # noqa: E402  (benchmarks/precision.py)
+from precision import best_seconds, matmul_rates  # noqa: E402  (benchmarks/precision.py)
 
 MATMULS = {"aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::matmul",
            "mkldnn::_linear_pointwise"}  # the last: oneDNN's float32 kernel (mbpo_ray.matmul)
@@ -97,17 +96,6 @@ def _flops(name: str, shapes: list) -> int:
     return 0
 
 
-def best_ms(fn, rounds: int, inner: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner)
-    return min(times) * 1e3
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
@@ -124,7 +112,7 @@ def main(argv=None) -> int:
     mm_rate = max(rates.values())  # GFLOP/s: the best kernel's, as precision.py's floor
 
     work, per_round, profiled = (sac_updates if args.target == "sac_update" else fit_epochs)(device, args.precision)
-    update_ms = best_ms(lambda: work(per_round), args.rounds, 1) / per_round
+    update_ms = best_seconds(lambda: work(per_round), args.rounds, 1) * 1e3 / per_round
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         work(profiled)
     groups = defaultdict(lambda: {"ms": 0.0, "calls": 0})

@@ -39,9 +39,17 @@ def _plain_cpu_float32(a: torch.Tensor, b: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
+def _wide(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return ONEDNN and min(a.shape[-1], b.shape[-1]) >= _MIN_WIDTH
+
+
 def uses_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``bmm(a, b)`` takes oneDNN's float32 kernel (module docstring)."""
-    return ONEDNN and min(a.shape[-1], b.shape[-1]) >= _MIN_WIDTH and _plain_cpu_float32(a, b)
+    return _wide(a, b) and _plain_cpu_float32(a, b)
+
+
+def _torch_baddbmm(bias: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
 
 
 def _onednn_baddbmm(bias: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,15 +83,15 @@ def baddbmm(bias: Optional[torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> t
     (P = 1) on the CPU in float32 outside autograd runs as one matrix-vector product per member:
     MKL's batched sgemm takes 5-7x longer for it (a critic's output layer, measured on an AMD EPYC)."""
     if not _plain_cpu_float32(a, b) or (bias is not None and bias.shape != (a.shape[0], 1, b.shape[-1])):
-        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
+        return _torch_baddbmm(bias, a, b)
     graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (bias, a, b))
-    if uses_onednn(a, b):
+    if _wide(a, b):
         return _OneDNNBaddbmm.apply(bias, a, b) if graph else _onednn_baddbmm(bias, a, b)
     if b.shape[-1] == 1 and not graph:
         outs = [torch.mv(a[i], b[i, :, 0]) if bias is None else torch.addmv(bias[i].reshape(()), a[i], b[i, :, 0])
                 for i in range(a.shape[0])]
         return torch.stack(outs).unsqueeze(-1)
-    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
+    return _torch_baddbmm(bias, a, b)
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
