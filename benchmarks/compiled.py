@@ -17,6 +17,7 @@ import torch
 
 from hot_paths import fit_epoch_ms, sac_update_ms  # benchmarks/hot_paths.py
 from machine import machine_stamp, write_results  # benchmarks/machine.py
+from mbpo_ray.process_setup import set_up as set_up_process
 
 MODES = {"eager": {}, "compiled": {"compiled": True}, "graphed": {"graphed": True}}
 
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_up_process(args.threads)
     device = torch.device(args.device)
     result = {"command": "benchmarks/compiled.py " + " ".join(
                   f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"),

@@ -26,6 +26,7 @@ import mbpo_ray
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.algos import make_algorithm
 from mbpo_ray.config import SACConfig, make_config
+from mbpo_ray.process_setup import set_up as set_up_process
 from mbpo_ray.data.buffers import ReplayBuffer
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from machine import cpu_model  # benchmarks/machine.py
@@ -134,7 +135,7 @@ def main():
                         help="also time the compiled SAC update and fit epoch (sac.compile, model.compile; "
                              "source trees that have both)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_up_process(args.threads)
     device = torch.device(args.device)
     source = Path(mbpo_ray.__file__).resolve().parent.parent
     commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from mbpo_ray import matmul  # noqa: E402
 from mbpo_ray.agents.sac import SAC  # noqa: E402
+from mbpo_ray.process_setup import set_up as set_up_process  # noqa: E402
 from mbpo_ray.config import SACConfig  # noqa: E402
 from mbpo_ray.nn import StackedMLP  # noqa: E402
 from machine import machine_stamp, write_results  # noqa: E402  (benchmarks/machine.py)
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
               **machine_stamp(), "torch": torch.__version__, "threads": {}}
     try:
         for threads in args.threads:
-            torch.set_num_threads(threads)
+            set_up_process(threads)
             try:
                 per = {}
                 for name, make in (("sac_update_ms", sac_workload), ("fit_step_ms", fit_workload)):
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
                 print(f"{threads} thread(s) {name}: " + "  ".join(
                     f"{k} best {v['best']:.2f} median {v['median']:.2f}" for k, v in kernels.items()), flush=True)
     finally:
-        torch.set_num_threads(args.threads[0])
+        set_up_process(args.threads[0])
     return 0
 
 

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mbpo_ray.config import make_config  # noqa: E402
+from mbpo_ray.process_setup import set_up as set_up_process  # noqa: E402
 from mbpo_ray.data import ReplayBuffer  # noqa: E402
 from mbpo_ray.envs import TrainingEnv, prepare_config  # noqa: E402
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble  # noqa: E402
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/mbpo_plus/model_targets.json"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_up_process(args.threads)
     cfg, _ = prepare_config(make_config(args.env, {"device": "cpu"}))
     obs_dim, act_dim, (inputs, targets) = collect(args.env, args.steps, seed=0)
     result = {"command": "benchmarks/model_targets.py " + " ".join(sys.argv[1:]), **machine_stamp(),

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from mbpo_ray.agents.sac import SAC  # noqa: E402
 from mbpo_ray.config import SACConfig  # noqa: E402
+from mbpo_ray.process_setup import set_up as set_up_process  # noqa: E402
 from mbpo_ray import matmul  # noqa: E402
 from mbpo_ray.precision import autocast, bf16_units  # noqa: E402
 from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     global DEVICE
     DEVICE = torch.device(args.device)
-    torch.set_num_threads(args.threads)
+    set_up_process(args.threads)
     rates = matmul_rates(args.repeats)
     result = {"command": "python benchmarks/precision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",

@@ -25,6 +25,7 @@ import torch
 from mbpo_ray.agents.sac import SAC
 from mbpo_ray.agents.stacked import StackedUpdate
 from mbpo_ray.config import SACConfig, make_config
+from mbpo_ray.process_setup import set_up as set_up_process
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
 from mbpo_ray.models.stacked_fit import StackedFit
 from mbpo_ray.run_dir import RunDirectory
@@ -138,7 +139,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/seed_groups_cpu.json")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_up_process(args.threads)
     device = torch.device(args.device)
     result = {
         "command": "benchmarks/seed_groups.py " + " ".join(

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from mbpo_ray.agents.sac import SAC  # noqa: E402
 from mbpo_ray.config import SACConfig, make_config  # noqa: E402
+from mbpo_ray.process_setup import set_up as set_up_process  # noqa: E402
 from mbpo_ray.models.ensemble import ProbabilisticEnsemble  # noqa: E402
 from mbpo_ray.models.trainer import EnsembleTrainer  # noqa: E402
 from mbpo_ray.precision import autocast  # noqa: E402
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds of 100 updates (default 7)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "update_profile_cpu.json"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_up_process(args.threads)
     device = torch.device("cpu")
 
     rates = matmul_rates(args.rounds)[args.precision]

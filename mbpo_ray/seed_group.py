@@ -32,6 +32,7 @@ from mbpo_ray.envs import prepare_config
 from mbpo_ray.errors import RunDirError
 from mbpo_ray.models.stacked_fit import StackedFit
 from mbpo_ray.precision import autocast
+from mbpo_ray.process_setup import set_up as set_up_process
 from mbpo_ray.rng import LaneRandom, rng_state, seed_everything
 from mbpo_ray.group_dir import GroupDirectory, check_group_config, format_seeds
 from mbpo_ray.train import checkpoint_state, keep_networks
@@ -211,8 +212,7 @@ def _train_group(cfg: TrainConfig, seeds: List[int], out_dir: str, resume: bool,
     else:
         group_dir.check_new()
     cfg, _ = prepare_config(cfg)
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(cfg.torch_threads)
+    set_up_process(cfg.torch_threads)
 
     lanes: List[Lane] = []
     try:

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-import torch
-
 from mbpo_ray.algos import Algorithm, make_algorithm
 from mbpo_ray.config import TrainConfig, validate
 from mbpo_ray.devices import resolve_device
 from mbpo_ray.driver import SeedRun, TrainHook, TrainResult, drive
 from mbpo_ray.envs import prepare_config
+from mbpo_ray.process_setup import set_up as set_up_process
 from mbpo_ray.rng import rng_state, seed_everything, set_rng_state
 from mbpo_ray.run_dir import RunDirectory
 
@@ -67,8 +66,7 @@ def _train(cfg: TrainConfig, out_dir: str, resume: bool, progress: bool, stop_at
     # before anything is written; the generic preset's env-dependent values are filled in.
     cfg, _ = prepare_config(cfg)
 
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(cfg.torch_threads)
+    set_up_process(cfg.torch_threads)
     seed_everything(cfg.seed)
     algo = make_algorithm(cfg, device, run.path)  # the directory is written only once this works
     single = SingleRun(SeedRun(cfg.seed, cfg, algo, run, hooks))

@@ -21,6 +21,7 @@ from mbpo_ray.data.buffers import ReplayBuffer, d_env_capacity, sample_mixed
 from mbpo_ray.data.rows import RowLayout
 from mbpo_ray.devices import resolve_device
 from mbpo_ray.precision import autocast, choose_precision
+from mbpo_ray.process_setup import set_up as set_up_process
 from mbpo_ray.live_metrics import elite_mse
 from mbpo_ray.envs import TrainingEnv, make_env, make_termination
 from mbpo_ray.models import EnsembleTrainer, ProbabilisticEnsemble
@@ -37,10 +38,6 @@ def actor_device(cfg: TrainConfig, gpus: float) -> torch.device:
 
     gpu_ids = list(ray.get_gpu_ids()) if gpus > 0 and ray.is_initialized() else []
     return resolve_device(cfg.device, gpu_ids=gpu_ids)
-
-
-def set_threads(cpus: float) -> None:
-    torch.set_num_threads(max(1, int(cpus)))
 
 
 def dims(cfg: TrainConfig) -> Tuple[int, int]:
@@ -64,7 +61,7 @@ class EnvCollector(Role):
     calls, so a killed collector loses only its unfinished episode's bookkeeping)."""
 
     def __init__(self, cfg: TrainConfig, seed: int, cpus: float = 1.0):
-        set_threads(cpus)
+        set_up_process(cpus)
         torch.manual_seed(seed)
         self.cfg = cfg
         self.train_env = TrainingEnv(cfg.env_id, seed, cfg.env_kwargs)
@@ -230,7 +227,7 @@ class ModelTrainer(Role):
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,
                  gpus: float = 0.0):
-        set_threads(cpus)
+        set_up_process(cpus)
         torch.manual_seed(seed)
         self.device = actor_device(cfg, gpus)
         self.precision = choose_precision(cfg.precision, self.device)
@@ -302,7 +299,7 @@ class RolloutWorker(Role):
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,
                  gpus: float = 0.0):
-        set_threads(cpus)
+        set_up_process(cpus)
         torch.manual_seed(seed)
         self.device = actor_device(cfg, gpus)
         self.precision = choose_precision(cfg.precision, self.device)
@@ -342,7 +339,7 @@ class Learner(Role):
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int, seed: int, cpus: float = 1.0,
                  gpus: float = 0.0):
-        set_threads(cpus)
+        set_up_process(cpus)
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = actor_device(cfg, gpus)
