@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/learning_curve.py --env Hopper-v5 --steps 30000 --seeds 0
     .venv/bin/python benchmarks/learning_curve.py --env InvertedPendulum-v5 --steps 5000 --seeds 0 1 2
     .venv/bin/python benchmarks/learning_curve.py --env Hopper-v5 --plot-only
+    .venv/bin/python benchmarks/learning_curve.py --env InvertedPendulum-v5 --steps 5000 --seeds 0 1 2 \
+        --set precision=bf16 --results benchmarks/results/bf16_curves
 
-Runs land in benchmarks/results/learning/ENV/seedS/ (config, metrics.jsonl, curve.png; the
-checkpoint is not committed). An interrupted run is resumed when the script is started again.
-The summary plot is benchmarks/results/learning/ENV.png with the seeds' eval returns and the
+Runs land in benchmarks/results/learning/ENV/seedS/ (``--results`` DIR: DIR/ENV/seedS/; config,
+metrics.jsonl, curve.png; the checkpoint is not committed). An interrupted run is resumed when the script is started again.
+The summary plot is benchmarks/results/learning/ENV.png (DIR/ENV.png) with the seeds' eval returns and the
 paper's reference points (docs/published_results.md).
 """
 from __future__ import annotations
@@ -34,8 +36,8 @@ PAPER_POINTS = {
 }
 
 
-def run_seed(env_id: str, steps: int, seed: int, overrides: dict) -> RunDirectory:
-    out = RESULTS / env_id / f"seed{seed}"
+def run_seed(env_id: str, steps: int, seed: int, overrides: dict, results: Path = RESULTS) -> RunDirectory:
+    out = results / env_id / f"seed{seed}"
     run = RunDirectory(out)
     if run.checkpoint_path.exists():
         cfg = run.load_config()
@@ -49,13 +51,15 @@ def run_seed(env_id: str, steps: int, seed: int, overrides: dict) -> RunDirector
     return run
 
 
-def plot(env_id: str) -> Path:
+def plot(env_id: str, results: Path = RESULTS, note: str = "") -> Path:
+    """The seeds' eval returns against the paper's points; ``note`` (the runs' overrides) goes in
+    the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for seed_dir in sorted((RESULTS / env_id).glob("seed*")):
+    for seed_dir in sorted((results / env_id).glob("seed*")):
         records = [r for r in RunDirectory(seed_dir).read_metrics() if "eval/return_mean" in r]
         if records:
             ax.plot([r["env_steps"] for r in records], [r["eval/return_mean"] for r in records],
@@ -71,19 +75,19 @@ def plot(env_id: str) -> Path:
     ax.set_xlim(0, right * 1.05)
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (deterministic policy)")
-    ax.set_title(f"MBPO on {env_id}, paper preset")
+    ax.set_title(f"MBPO on {env_id}, paper preset{note}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = RESULTS / f"{env_id}.png"
+    path = results / f"{env_id}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def summary(env_id: str) -> dict:
+def summary(env_id: str, results: Path = RESULTS) -> dict:
     out = {"env": env_id, **machine_stamp(), "seeds": {}}
-    for seed_dir in sorted((RESULTS / env_id).glob("seed*")):
+    for seed_dir in sorted((results / env_id).glob("seed*")):
         records = RunDirectory(seed_dir).read_metrics()
         if not records:
             continue
@@ -98,7 +102,7 @@ def summary(env_id: str) -> dict:
             "seconds_per_env_step": sum(r["perf/epoch_seconds"] for r in records) / records[-1]["env_steps"],
             "curve": curve,
         }
-    (RESULTS / f"{env_id}.json").write_text(json.dumps(out, indent=1))
+    (results / f"{env_id}.json").write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -109,14 +113,16 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where the runs, plot and summary go (default benchmarks/results/learning)")
     args = parser.parse_args()
     from mbpo_ray.config import parse_override
     overrides = dict(parse_override(o) for o in args.overrides)
     if not args.plot_only:
         for seed in args.seeds:
-            run_seed(args.env, args.steps or make_config(args.env).total_steps, seed, overrides)
-    print(plot(args.env))
-    for name, s in summary(args.env)["seeds"].items():
+            run_seed(args.env, args.steps or make_config(args.env).total_steps, seed, overrides, args.results)
+    print(plot(args.env, args.results, "".join(f", {o}" for o in args.overrides)))
+    for name, s in summary(args.env, args.results)["seeds"].items():
         print(name, {k: v for k, v in s.items() if k != "curve"})
 
 

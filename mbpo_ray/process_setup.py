@@ -8,9 +8,9 @@ does.
 Why the allocator: a SAC update allocates and frees some twenty activation and gradient buffers
 of 0.1-1 MB. glibc returns freed memory at the top of its heap to the system once more than
 ``M_TRIM_THRESHOLD`` of it is free there (by default at most twice the largest freed block, a few
-MB), so every update maps its buffers afresh and pays a page fault per 4 KiB page written: 600-770
-faults and a fifth of the update's time with one thread on an AMD EPYC (Zen 5), about a tenth of
-an ensemble fit epoch's (benchmarks/results/cpu_amd_zen5/malloc_thresholds.json). Fixed
+MB), so every update maps its buffers afresh and pays a page fault per 4 KiB page written: 340-540
+faults and 12-15 % of the update's time, 5-10 % of an ensemble fit epoch's, on an AMD EPYC (Zen
+5) with one or two threads (docs/precision.md#memory-that-the-updates-free). Fixed
 thresholds keep up to ``TRIM_THRESHOLD`` of freed memory in the process for reuse and serve
 blocks up to ``MMAP_THRESHOLD`` from the heap; larger ones (replay buffers, a rollout's batch)
 still come from and go back to the system. The cost is memory: a process keeps up to
