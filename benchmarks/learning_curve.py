@@ -75,7 +75,7 @@ def plot(env_id: str, results: Path = RESULTS, note: str = "") -> Path:
     ax.set_xlim(0, right * 1.05)
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval return (deterministic policy)")
-    ax.set_title(f"MBPO on {env_id}, paper preset{note}")
+    ax.set_title(f"MBPO on {env_id}, paper preset" + (f"\n{note.lstrip(', ')}" if note else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

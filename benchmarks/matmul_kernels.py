@@ -1,14 +1,20 @@
 """oneDNN's float32 kernel against MKL's for the stacked networks' matmuls (mbpo_ray.matmul), per
 intra-op thread count: the SAC update and one fit step of the Hopper preset's ensemble, each
-kernel in its own copy of the learner, in alternating rounds in one process.
+kernel choice in its own copy of the learner, in alternating rounds in one process; and each
+product of those two, one by one.
 
     .venv/bin/python benchmarks/matmul_kernels.py [--threads 1 2] [--rounds 8] \
         --out benchmarks/results/matmul_kernels.json
 
-The switch ``mbpo_ray.matmul.ONEDNN`` is turned on and off between rounds. SAC update: Hopper-v5 sizes (obs 11, action 3, 2x256 networks, batch 256), 100 updates
-per round. Fit step: 7 members of 4 x 200 SiLU units, 14 inputs, 24 outputs, batch 256 per
-member, squared-error loss, backward and Adam, 20 steps per round. Per variant: every round's
-ms per update (step), the best and the median.
+Kernel choices (``mbpo_ray.matmul``'s switches, set between rounds): ``mkl``, torch's kernel for
+every product (``ONEDNN`` off); ``onednn_every_product``, oneDNN for every product at least 4
+wide (the rule before the thin products went back to MKL); ``rule``, the module's own choice
+(``MIN_SIDE``, ``MIN_OUTPUT``, ``MANY_ROWS``). SAC update: Hopper-v5 sizes (obs 11, action 3, 2x256
+networks, batch 256), 100 updates per round. Fit step: 7 members of 4 x 200 SiLU units, 14
+inputs, 24 outputs, batch 256 per member, squared-error loss, backward and Adam, 20 steps per
+round. Per choice: every round's ms per update (step), the best and the median. ``products``: each
+product shape (members, rows, reduced, output) through ``mbpo_ray.matmul.baddbmm`` with a bias,
+oneDNN against MKL, microseconds per call, best of the rounds.
 """
 from __future__ import annotations
 
@@ -30,7 +36,42 @@ from mbpo_ray.config import SACConfig  # noqa: E402
 from mbpo_ray.nn import StackedMLP  # noqa: E402
 from machine import machine_stamp, write_results  # noqa: E402  (benchmarks/machine.py)
 
-KERNELS = {"mkl": False, "onednn": True}
+KERNELS = {"mkl": {"ONEDNN": False},
+           "onednn_every_product": {"ONEDNN": True, "MIN_SIDE": 4, "MIN_OUTPUT": 4, "MANY_ROWS": 0},
+           "rule": {}}
+RULE = {name: getattr(matmul, name) for name in ("ONEDNN", "MIN_SIDE", "MIN_OUTPUT", "MANY_ROWS")}
+# (members, rows, reduced, output): the SAC update's and the Hopper ensemble fit's products
+PRODUCTS = [(2, 512, 256, 256), (2, 512, 14, 256), (2, 256, 14, 256), (1, 512, 11, 256), (2, 14, 256, 256),
+            (1, 11, 256, 256), (1, 512, 256, 6), (1, 6, 256, 256), (1, 256, 6, 256), (7, 256, 200, 200),
+            (7, 256, 14, 200), (7, 2000, 14, 200), (7, 256, 200, 24), (7, 256, 24, 200), (7, 200, 256, 24),
+            (7, 14, 256, 200), (7, 2000, 200, 24)]
+
+
+def use(kernel: str) -> None:
+    """Set mbpo_ray.matmul's switches to a kernel choice (KERNELS)."""
+    for name, value in {**RULE, **KERNELS[kernel]}.items():
+        setattr(matmul, name, value)
+
+
+def products(rounds: int) -> dict:
+    """Each of PRODUCTS on oneDNN (every product) and on MKL, alternating: us per call."""
+    out = {}
+    for members, rows, inner, width in PRODUCTS:
+        a, b, bias = torch.randn(members, rows, inner), torch.randn(members, inner, width), torch.randn(members, 1, width)
+        best = {}
+        for _ in range(rounds):
+            for kernel in ("onednn_every_product", "mkl"):
+                use(kernel)
+                matmul.baddbmm(bias, a, b)
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    matmul.baddbmm(bias, a, b)
+                best[kernel] = min(best.get(kernel, float("inf")), (time.perf_counter() - t0) / 50 * 1e6)
+        use("rule")
+        out[f"{members}x{rows}x{inner}x{width}"] = {
+            "onednn_us": best["onednn_every_product"], "mkl_us": best["mkl"],
+            "rule_takes": "onednn" if matmul.uses_onednn(a, b) else "torch"}
+    return out
 
 
 def sac_workload():
@@ -89,20 +130,26 @@ def main(argv=None) -> int:
                 for name, make in (("sac_update_ms", sac_workload), ("fit_step_ms", fit_workload)):
                     run = make()
                     rounds = {kernel: [] for kernel in KERNELS}
-                    for kernel, on in KERNELS.items():  # warm-up
-                        matmul.ONEDNN = on
+                    for kernel in KERNELS:  # warm-up
+                        use(kernel)
                         run(kernel)
                     for _ in range(args.rounds):
-                        for kernel, on in KERNELS.items():
-                            matmul.ONEDNN = on
+                        for kernel in KERNELS:
+                            use(kernel)
                             rounds[kernel].append(run(kernel))
                     per[name] = {kernel: {"best": min(r), "median": statistics.median(r), "rounds": r}
                                  for kernel, r in rounds.items()}
+                per["products"] = products(args.rounds)
             finally:
-                matmul.ONEDNN = True
+                use("rule")
             result["threads"][str(threads)] = per
             write_results(args.out, result)
             for name, kernels in per.items():
+                if name == "products":
+                    for shape, v in kernels.items():
+                        print(f"{threads} thread(s) {shape}: onednn {v['onednn_us']:.1f} us, mkl {v['mkl_us']:.1f} us,"
+                              f" rule: {v['rule_takes']}", flush=True)
+                    continue
                 print(f"{threads} thread(s) {name}: " + "  ".join(
                     f"{k} best {v['best']:.2f} median {v['median']:.2f}" for k, v in kernels.items()), flush=True)
     finally:

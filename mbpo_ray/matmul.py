@@ -9,9 +9,9 @@ ships (its bf16 matmuls and inductor's linear layers use it), picks its kernels 
 instruction sets. So on a CPU, in float32, outside autocast and compilation, ``bmm`` and
 ``baddbmm`` here run one oneDNN linear per batch member (inside an autograd
 graph too: their gradients take the same kernel); everywhere else (CUDA, bf16 autocast,
-``torch.compile``, a torch without oneDNN, products narrower than 4 where
-the call overhead dominates) they are torch's own, but for one-column products, which run as
-matrix-vector products (``baddbmm``). Both compute the same float32 products; only the order of
+``torch.compile``, a torch without oneDNN, thin products where the per-call overhead dominates:
+``MIN_SIDE``) they are torch's own, but for one-column products, which run as matrix-vector
+products (``baddbmm``). Both compute the same float32 products; only the order of
 the sums differs (float32 rounding). Users: the written-out SAC update
 (mbpo_ray.agents.sac_update) and every StackedMLP (the dynamics ensemble's fit and rollouts,
 critics, STEVE's models).
@@ -22,8 +22,15 @@ from typing import Optional
 
 import torch
 
-# below this width (reduced or produced) a oneDNN call costs more than it saves
-_MIN_WIDTH = 4
+# Which products oneDNN takes (``_wide``): every side at least MIN_SIDE, or a thin output (a
+# network's last layer, at least MIN_OUTPUT wide) with at least MANY_ROWS rows. One oneDNN call
+# per member costs ~10-20 us beyond its arithmetic, and MKL's batched sgemm was as fast or faster
+# for products thin in the reduced side or the rows (a first layer's 11-14 inputs, a weight
+# gradient's 6-14 rows: up to 2.7x faster with two threads), but 2-3x slower for a thin output
+# over many rows (benchmarks/results/cpu_amd_zen5/malloc/matmul_kernels.json, "products").
+MIN_SIDE = 32
+MIN_OUTPUT = 4
+MANY_ROWS = 512
 
 
 def _onednn_available() -> bool:
@@ -40,7 +47,9 @@ def _plain_cpu_float32(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _wide(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return ONEDNN and min(a.shape[-1], b.shape[-1]) >= _MIN_WIDTH
+    rows, inner, out = a.shape[-2], a.shape[-1], b.shape[-1]
+    return ONEDNN and rows >= MIN_SIDE and inner >= MIN_SIDE and (
+        out >= MIN_SIDE or (out >= MIN_OUTPUT and rows >= MANY_ROWS))
 
 
 def uses_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -35,9 +35,15 @@ def test_results_equal_torch(n, m, k, p, with_bias):
 
 
 def test_kernel_choice():
-    a, b = torch.randn(2, 64, 32), torch.randn(2, 32, 16)
+    a, b = torch.randn(2, 64, 32), torch.randn(2, 32, 48)
     assert matmul.uses_onednn(a, b)
     assert not matmul.uses_onednn(a, torch.randn(2, 32, 1))  # one column: matrix-vector products
+    # thin products stay on torch's kernel: few inputs (a first layer), few rows (its weight
+    # gradient), a thin output over few rows; a thin output over many rows goes to oneDNN
+    assert not matmul.uses_onednn(torch.randn(2, 512, 14), torch.randn(2, 14, 256))
+    assert not matmul.uses_onednn(torch.randn(2, 14, 512), torch.randn(2, 512, 256))
+    assert not matmul.uses_onednn(torch.randn(7, 256, 200), torch.randn(7, 200, 24))
+    assert matmul.uses_onednn(torch.randn(1, 512, 256), torch.randn(1, 256, 6))
     assert not matmul.uses_onednn(a.double(), b.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not matmul.uses_onednn(a, b)  # bf16 autocast: torch's own (oneDNN's bf16 kernels)
@@ -101,5 +107,10 @@ def test_sac_update_and_ensemble_fit_take_the_onednn_kernel(monkeypatch):
     assert len(wide) >= 6, calls
     calls.clear()
     net = StackedMLP(7, 14, [200] * 2, 24, "silu")
-    net(torch.randn(7, 32, 14)).sum().backward()
-    assert len(calls) == 3 + 3 + 2  # forward 3 layers; weight gradients 3; input gradients 2
+    net(torch.randn(7, 600, 14)).sum().backward()
+    # forward: the 200x200 layer and the output layer (24 wide, over 600 rows); backward: the
+    # 200x200 layer's weight gradient and the gradient into its input. On torch's kernel: the
+    # first layer (14 inputs), its weight gradient (14 rows), the output layer's weight gradient
+    # (24 wide over 200 rows) and the gradient through it (24 to reduce).
+    assert sorted(calls) == sorted([((7, 600, 200), (7, 200, 200)), ((7, 600, 200), (7, 200, 24)),
+                                    ((7, 200, 600), (7, 600, 200)), ((7, 600, 200), (7, 200, 200))]), calls
