@@ -9,7 +9,7 @@ curves (benchmarks/results/learning/ENV/seedS/) and, for HalfCheetah-v5, MBPO's 
 baselines (benchmarks/results/baselines/HalfCheetah-v5/mbpo/seedS/); the same presets. Per env
 and precision: each seed's eval returns, its last eval, the mean of its last three evals and its
 first eval at or above the env's level (where one is set), over the env steps both precisions
-reached; a figure per env (each seed's curve, float32 and bf16 in two colours) beside the file.
+reached, and P(bf16 > float32) over pairs of seeds on the last-three mean; a figure per env (each seed's curve, float32 and bf16 in two colours) beside the file.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mbpo_ray.analysis.stats import task_improvement  # noqa: E402
 from mbpo_ray.run_dir import RunDirectory  # noqa: E402
 from machine import machine_stamp  # noqa: E402  (benchmarks/machine.py)
 
@@ -64,6 +65,11 @@ def compare(env_id: str) -> dict:
         out[precision] = {"seeds": seeds,
                           "mean_last_eval": statistics.mean(s["last_eval"] for s in seeds.values()),
                           "mean_last_three": statistics.mean(s["last_three_mean"] for s in seeds.values())}
+    # P(bf16 > float32) over every pair of seeds, on the mean of the last three evals (the
+    # report's probability of improvement, docs/report.md; 0.5: neither ahead)
+    out["p_bf16_above_float32"] = float(task_improvement(
+        [s["last_three_mean"] for s in out["bf16"]["seeds"].values()],
+        [s["last_three_mean"] for s in out["float32"]["seeds"].values()]))
     return out
 
 
