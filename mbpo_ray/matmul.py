@@ -26,8 +26,8 @@ import torch
 # network's last layer, at least MIN_OUTPUT wide) with at least MANY_ROWS rows. One oneDNN call
 # per member costs ~10-20 us beyond its arithmetic, and MKL's batched sgemm was as fast or faster
 # for products thin in the reduced side or the rows (a first layer's 11-14 inputs, a weight
-# gradient's 6-14 rows: up to 2.7x faster with two threads), but 2-3x slower for a thin output
-# over many rows (benchmarks/results/cpu_amd_zen5/malloc/matmul_kernels.json, "products").
+# gradient's 6-14 rows: up to 3.3x faster with two threads), but 1.6-2.9x slower for a thin
+# output over many rows (benchmarks/results/cpu_amd_zen5/malloc/matmul_kernels.json, "products").
 MIN_SIDE = 32
 MIN_OUTPUT = 4
 MANY_ROWS = 512
