@@ -80,10 +80,10 @@ def matmul_rates(repeats: int) -> dict:
         layer = best_seconds(lambda: torch.baddbmm(bias, x, w), repeats, 100)
         out[precision] = {"mm_256_gflops": 2 * 256 ** 3 / mm / 1e9,
                           "ensemble_layer_gflops": 2 * 7 * 256 * 200 * 200 / layer / 1e9}
-        if precision == "float32" and matmul.ONEDNN and DEVICE.type == "cpu":
+        if precision == "float32" and matmul.uses_onednn(a.unsqueeze(0), b.unsqueeze(0)):
             # oneDNN's float32 kernel (mbpo_ray.matmul's): the floor is at the best rate any
             # kernel reaches on this machine
-            one = best_seconds(lambda: matmul._onednn_baddbmm(None, a.unsqueeze(0), b.unsqueeze(0)), repeats, 200)
+            one = best_seconds(lambda: matmul.bmm(a.unsqueeze(0), b.unsqueeze(0)), repeats, 200)
             out[precision]["mm_256_onednn_gflops"] = 2 * 256 ** 3 / one / 1e9
     return out
 

@@ -23,6 +23,8 @@ import os
 import platform
 from typing import Optional
 
+import torch
+
 # glibc's mallopt parameters (malloc.h) and the values set
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -63,8 +65,6 @@ def _set_thresholds() -> bool:
 def set_up(threads: Optional[float] = None) -> None:
     """Prepare this process to train: ``threads`` intra-op threads for torch (at least one; None:
     torch's choice stays) and the allocator's thresholds (``keep_freed_memory``)."""
-    import torch
-
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     keep_freed_memory()
